@@ -1,0 +1,435 @@
+"""Correlations with intervals over the result rows of a CI-grid sweep.
+
+The paper ([arXiv 2601.21348](https://arxiv.org/abs/2601.21348), Sec. 4, Fig. 3 (c)/(d)) reads the effect of the
+CI's mean location and width on memorization through Pearson correlations with Fisher-z 95% intervals. This module
+computes the same numbers (plus Spearman's rank correlation) from result rows: one dict per sweep cell and seed with
+the columns ``cell``, ``timestep_sampling``, ``ci_lower``, ``ci_upper``, ``ci_mean``, ``ci_width``, ``seed``,
+``run_dir``, ``final_loss`` and the metric names of ``metrics.json``.
+
+Everything here is pure numpy/scipy; pandas is imported only by [`rows_to_dataframe`].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = [
+    "PAPER_REFERENCE",
+    "analyze_sweep",
+    "load_loss_histories",
+    "pearson_with_ci",
+    "rows_to_dataframe",
+    "spearman",
+]
+
+# Numbers reported in the paper (Sec. 4.2, Fig. 3 (c)/(d)); "distance" is the mean L2 distance between generated
+# and training images, our `mean_l2`. The paper does not state n; its interval width implies n of about 88-90.
+PAPER_REFERENCE: dict[str, dict[str, Any]] = {
+    "mean_vs_distance": {
+        "metric": "mean_l2",
+        "variable": "ci_mean",
+        "r": -0.7388,
+        "ci_low": -0.8212,
+        "ci_high": -0.6263,
+        "confidence": 0.95,
+        "source": "arXiv 2601.21348, Sec. 5.1 / Fig. 3 (c): correlation between CI mean location and distance",
+    },
+    "width_vs_distance": {
+        "metric": "mean_l2",
+        "variable": "ci_width",
+        "r": 0.316,
+        "ci_low": None,
+        "ci_high": None,
+        "confidence": 0.95,
+        "source": "arXiv 2601.21348, Sec. 5.1 / Fig. 3 (d): correlation between CI width and distance (significant)",
+    },
+}
+
+# Columns of a result row that describe the run rather than measure it.
+_ID_COLUMNS = frozenset(
+    {"cell", "timestep_sampling", "seed", "run_dir", "num_train_timesteps", "dataset_name", "modality", "status"}
+)
+
+
+def _finite_pairs(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    xa = _as_float_array(x, "x")
+    ya = _as_float_array(y, "y")
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same length; got {xa.shape[0]} and {ya.shape[0]}")
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    return xa[keep], ya[keep]
+
+
+def _as_float_array(values: Any, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    obj = np.asarray(values, dtype=object)
+    if obj.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {obj.shape}")
+    return np.asarray([np.nan if (v := _num(item)) is None else v for item in obj], dtype=np.float64)
+
+
+def _degenerate(keys: Sequence[str], n: int, note: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {key: float("nan") for key in keys}
+    out.update(extra)
+    out["n"] = n
+    out["note"] = note
+    return out
+
+
+def _correlation_core(xa: np.ndarray, ya: np.ndarray) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value (t test with n - 2 degrees of freedom) of finite, non-constant data."""
+    n = xa.shape[0]
+    xc = xa - xa.mean()
+    yc = ya - ya.mean()
+    r = float(np.dot(xc, yc) / math.sqrt(np.dot(xc, xc) * np.dot(yc, yc)))
+    r = min(1.0, max(-1.0, r))
+    # P(|T| >= |t|) for T ~ t(n - 2), t = r sqrt((n - 2) / (1 - r^2)), written as a regularised incomplete beta
+    # so that |r| = 1 gives exactly 0 without dividing by zero.
+    dof = n - 2
+    p_value = float(special.betainc(dof / 2.0, 0.5, min(1.0, max(0.0, 1.0 - r * r)))) if dof > 0 else 1.0
+    return r, p_value
+
+
+def pearson_with_ci(x: Any, y: Any, *, confidence: float = 0.95) -> dict[str, Any]:
+    """Pearson correlation with a Fisher-z confidence interval.
+
+    The interval is ``tanh(atanh(r) +- z / sqrt(n - 3))`` with ``z = Phi^-1((1 + confidence) / 2)``, the method
+    behind the paper's reported interval. Pairs with a missing (NaN/None/inf) value on either side are dropped.
+
+    Args:
+        x (`array-like`):
+            First variable, shape `(n,)`.
+        y (`array-like`):
+            Second variable, shape `(n,)`.
+        confidence (`float`, defaults to `0.95`):
+            Coverage of the interval, in `(0, 1)`.
+
+    Returns:
+        `dict`: `r`, `ci_low`, `ci_high`, `p_value` (two-sided), `n` (pairs used), `confidence` and `note`
+        (`None`, or why the values are NaN: fewer than 4 pairs or a constant variable).
+    """
+    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be a float in (0, 1); got {confidence!r}")
+    xa, ya = _finite_pairs(x, y)
+    n = int(xa.shape[0])
+    keys = ("r", "ci_low", "ci_high", "p_value")
+    if n < 4:
+        return _degenerate(keys, n, f"only {n} complete pairs; need at least 4", confidence=float(confidence))
+    for name, arr in (("x", xa), ("y", ya)):
+        if np.ptp(arr) == 0.0:
+            return _degenerate(keys, n, f"{name} is constant; correlation undefined", confidence=float(confidence))
+    r, p_value = _correlation_core(xa, ya)
+    z_crit = float(stats.norm.ppf(0.5 * (1.0 + float(confidence))))
+    half_width = z_crit / math.sqrt(n - 3)
+    with np.errstate(divide="ignore"):
+        z = float(np.arctanh(r))
+    return {
+        "r": r,
+        "ci_low": float(np.tanh(z - half_width)),
+        "ci_high": float(np.tanh(z + half_width)),
+        "p_value": p_value,
+        "n": n,
+        "confidence": float(confidence),
+        "note": None,
+    }
+
+
+def spearman(x: Any, y: Any) -> dict[str, Any]:
+    """Spearman rank correlation (ties get average ranks) with its two-sided t-test p-value.
+
+    Args:
+        x (`array-like`):
+            First variable, shape `(n,)`.
+        y (`array-like`):
+            Second variable, shape `(n,)`.
+
+    Returns:
+        `dict`: `rho`, `p_value`, `n` (pairs used after dropping missing values) and `note` (`None`, or why the
+        values are NaN: fewer than 3 pairs or a constant variable).
+    """
+    xa, ya = _finite_pairs(x, y)
+    n = int(xa.shape[0])
+    keys = ("rho", "p_value")
+    if n < 3:
+        return _degenerate(keys, n, f"only {n} complete pairs; need at least 3")
+    for name, arr in (("x", xa), ("y", ya)):
+        if np.ptp(arr) == 0.0:
+            return _degenerate(keys, n, f"{name} is constant; correlation undefined")
+    rho, p_value = _correlation_core(stats.rankdata(xa), stats.rankdata(ya))
+    return {"rho": rho, "p_value": p_value, "n": n, "note": None}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Result rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_records(rows: Any) -> list[dict[str, Any]]:
+    """Result rows as a list of plain dicts, with `ci_mean` / `ci_width` filled in from the bounds where missing."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        records = rows.to_dict(orient="records")
+    elif isinstance(rows, Mapping):
+        raise ValueError("rows must be a sequence of dicts or a DataFrame, not a single dict")
+    else:
+        records = [dict(row) for row in rows]
+    for row in records:
+        lo, hi = _num(row.get("ci_lower")), _num(row.get("ci_upper"))
+        if _num(row.get("ci_mean")) is None and lo is not None and hi is not None:
+            row["ci_mean"] = 0.5 * (lo + hi)
+        if _num(row.get("ci_width")) is None and lo is not None and hi is not None:
+            row["ci_width"] = hi - lo
+    return records
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for missing / non-numeric / NaN values."""
+    if value is None or isinstance(value, (bool, np.bool_, str)):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _is_ci_row(row: Mapping[str, Any]) -> bool:
+    sampling = row.get("timestep_sampling")
+    if isinstance(sampling, str):
+        return sampling == "ci_normal"
+    # Rows without a sampler name count as CI cells when they carry an interval.
+    return _num(row.get("ci_mean")) is not None
+
+
+def _is_baseline_row(row: Mapping[str, Any]) -> bool:
+    return row.get("timestep_sampling") == "uniform"
+
+
+def _metric_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Numeric columns that measure a run, in order of first appearance."""
+    names: list[str] = []
+    for row in records:
+        for key, value in row.items():
+            if key in names or key in _ID_COLUMNS or key.startswith("ci_"):
+                continue
+            if _num(value) is not None:
+                names.append(key)
+    return names
+
+
+def _summary(values: Sequence[float | None]) -> dict[str, Any]:
+    finite = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    n = int(finite.shape[0])
+    return {
+        "mean": float(finite.mean()) if n else None,
+        "std": float(finite.std(ddof=1)) if n >= 2 else None,
+        "n": n,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively replace NaN/inf by None and numpy scalars by Python ones."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _cell_key(row: Mapping[str, Any]) -> str:
+    cell = row.get("cell")
+    if cell is not None and not (isinstance(cell, float) and math.isnan(cell)):
+        return str(cell)
+    return f"{row.get('timestep_sampling')}_{row.get('ci_lower')}_{row.get('ci_upper')}"
+
+
+def analyze_sweep(
+    rows: Any,
+    metrics: Sequence[str] | None = None,
+    *,
+    confidence: float = 0.95,
+    unit: Literal["run", "cell"] = "run",
+) -> dict[str, Any]:
+    """Correlate every metric with the CI mean location and width over the cells of a sweep.
+
+    Only `ci_normal` rows enter the correlations; the `uniform` baseline is summarised on its own under
+    `"baseline"`. The result holds no NaN (missing numbers are `None`) and can be written with `json.dump`.
+
+    Args:
+        rows (`list[dict]` or `pandas.DataFrame`):
+            Result rows, one per sweep cell and seed.
+        metrics (`Sequence[str]`, *optional*):
+            Metric columns to analyse. Defaults to every numeric column that is not an identifier or a `ci_*`
+            column (so `final_loss` is included).
+        confidence (`float`, defaults to `0.95`):
+            Coverage of the Fisher-z intervals.
+        unit (`str`, defaults to `"run"`):
+            `"run"` correlates every (cell, seed) row; `"cell"` first averages the seeds of each cell.
+
+    Returns:
+        `dict`: `metrics`, `unit`, `confidence`, counts (`n_rows`, `n_ci_rows`, `n_cells`), `correlations`
+        (`{metric: {"ci_mean" | "ci_width": {"pearson": {...}, "spearman": {...}}}}`), `baseline`
+        (`{metric: {mean, std, n}}`, empty without a uniform row), `cells` (per-cell mean/std over seeds) and
+        `paper_reference`.
+    """
+    if unit not in ("run", "cell"):
+        raise ValueError(f"unit must be 'run' or 'cell'; got {unit!r}")
+    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be a float in (0, 1); got {confidence!r}")
+    records = _as_records(rows)
+    if metrics is None:
+        metric_names = _metric_columns(records)
+    else:
+        metric_names = list(metrics)
+        present = {key for row in records for key in row}
+        missing = [m for m in metric_names if m not in present]
+        if missing:
+            raise ValueError(f"metrics {missing} are not columns of the rows; available: {sorted(present)}")
+
+    ci_rows = [row for row in records if _is_ci_row(row)]
+    baseline_rows = [row for row in records if _is_baseline_row(row)]
+
+    # Per-cell summaries, in order of first appearance.
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in records:
+        groups.setdefault(_cell_key(row), []).append(row)
+    cells = []
+    for name, members in groups.items():
+        first = members[0]
+        cells.append(
+            {
+                "cell": name,
+                "timestep_sampling": first.get("timestep_sampling"),
+                "ci_lower": _num(first.get("ci_lower")),
+                "ci_upper": _num(first.get("ci_upper")),
+                "ci_mean": _num(first.get("ci_mean")),
+                "ci_width": _num(first.get("ci_width")),
+                "n_seeds": len(members),
+                "seeds": [m.get("seed") for m in members],
+                "metrics": {metric: _summary([_num(m.get(metric)) for m in members]) for metric in metric_names},
+            }
+        )
+
+    ci_cell_names = {_cell_key(row) for row in ci_rows}
+    if unit == "run":
+        points = [{k: _num(row.get(k)) for k in ("ci_mean", "ci_width", *metric_names)} for row in ci_rows]
+    else:
+        points = [
+            {"ci_mean": c["ci_mean"], "ci_width": c["ci_width"], **{m: c["metrics"][m]["mean"] for m in metric_names}}
+            for c in cells
+            if c["cell"] in ci_cell_names
+        ]
+
+    def column(key: str) -> list[float]:
+        return [np.nan if p[key] is None else p[key] for p in points]
+
+    correlations = {
+        metric: {
+            variable: {
+                "pearson": pearson_with_ci(column(variable), column(metric), confidence=confidence),
+                "spearman": spearman(column(variable), column(metric)),
+            }
+            for variable in ("ci_mean", "ci_width")
+        }
+        for metric in metric_names
+    }
+    baseline = {metric: _summary([_num(row.get(metric)) for row in baseline_rows]) for metric in metric_names}
+
+    result = {
+        "schema_version": 1,
+        "metrics": metric_names,
+        "unit": unit,
+        "confidence": float(confidence),
+        "n_rows": len(records),
+        "n_ci_rows": len(ci_rows),
+        "n_cells": len(ci_cell_names),
+        "correlations": correlations,
+        "baseline": baseline if baseline_rows else {},
+        "baseline_cells": sorted({_cell_key(row) for row in baseline_rows}),
+        "cells": cells,
+        "paper_reference": PAPER_REFERENCE,
+    }
+    return _json_safe(result)
+
+
+def load_loss_histories(
+    run_dirs: Iterable[str | Path] | Mapping[str, str | Path],
+    *,
+    missing: Literal["raise", "skip"] = "raise",
+) -> dict[str, list[dict[str, Any]]]:
+    """Read `loss_history.jsonl` of several run folders.
+
+    Args:
+        run_dirs (`Iterable[str | Path]` or `Mapping[str, str | Path]`):
+            Run folders. With a mapping, its keys label the histories; otherwise the label is `str(run_dir)`, the
+            same string as the rows' `run_dir` column.
+        missing (`str`, defaults to `"raise"`):
+            `"raise"` a `FileNotFoundError` for a folder without `loss_history.jsonl`, or `"skip"` it.
+
+    Returns:
+        `dict[str, list[dict]]`: label -> records (one JSON object per optimizer step), in file order.
+    """
+    if missing not in ("raise", "skip"):
+        raise ValueError(f"missing must be 'raise' or 'skip'; got {missing!r}")
+    items = run_dirs.items() if isinstance(run_dirs, Mapping) else ((str(d), d) for d in run_dirs)
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for label, run_dir in items:
+        path = Path(run_dir) / "loss_history.jsonl"
+        if not path.is_file():
+            if missing == "skip":
+                continue
+            raise FileNotFoundError(f"no loss_history.jsonl in run folder {str(run_dir)!r} (looked for {path})")
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{line_number} is not valid JSON: {line.strip()[:80]!r}") from err
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{line_number} must hold a JSON object; got {record!r}")
+                records.append(record)
+        histories[str(label)] = records
+    return histories
+
+
+def rows_to_dataframe(rows: Any):
+    """Result rows as a `pandas.DataFrame` with identifying columns first and `ci_mean` / `ci_width` filled in.
+
+    Args:
+        rows (`list[dict]` or `pandas.DataFrame`):
+            Result rows, one per sweep cell and seed.
+
+    Returns:
+        `pandas.DataFrame`: one row per input row, in input order.
+    """
+    import pandas as pd
+
+    records = _as_records(rows)
+    frame = pd.DataFrame.from_records(records)
+    leading = [
+        c
+        for c in ("cell", "timestep_sampling", "ci_lower", "ci_upper", "ci_mean", "ci_width", "seed", "run_dir")
+        if c in frame.columns
+    ]
+    return frame[leading + [c for c in frame.columns if c not in leading]]

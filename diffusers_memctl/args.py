@@ -1,0 +1,370 @@
+"""Argument dataclasses shared by every script, and the parser generated from them.
+
+One field per setting, with its help text next to it (as PEFT/TRL do); the field names are the flag names, the
+scheduler config keys and the model-card metadata keys, so a setting has one name everywhere. Any script accepts
+``--config FILE`` (JSON, or YAML when PyYAML is installed) whose keys are these names; flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "DataArguments",
+    "EvaluationArguments",
+    "HubArguments",
+    "ModelArguments",
+    "SamplingArguments",
+    "SweepArguments",
+    "TrainingArguments",
+    "TrainingOptions",
+    "flatten_arguments",
+    "parse_arguments",
+]
+
+
+def _help(text: str, **kwargs: Any):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = _help(
+        "Preset ('digits' embedded default, 'pokemon', 'flowers', 'ecg5000'), a Hub dataset id, or a local path "
+        "(imagefolder, parquet/arrow, save_to_disk folder, UCR file or folder).",
+        default="digits",
+    )
+    train_data_dir: str | None = _help("Local image folder / dataset files (instead of dataset_name).", default=None)
+    data_dir: str | None = _help(
+        "Folder of the UCR files for signal presets (e.g. ../shared/data/ecg5000).", default=None
+    )
+    dataset_split: str = _help("Split to train on ('train'; for UCR data also 'test' or 'all').", default="train")
+    image_column: str | None = _help("Image column (auto-detected when omitted).", default=None)
+    sequence_column: str | None = _help("Sequence column of a signal dataset (auto-detected).", default=None)
+    classes: str | None = _help(
+        "Comma-separated class labels to keep for UCR data (e.g. '1' = normal beats).", default=None
+    )
+    resolution: int | None = _help("Image resolution (default: 16 for digits, 64 otherwise).", default=None)
+    center_crop: bool = _help("Center crop after resizing the short side (else resize to a square).", default=True)
+    random_flip: bool = _help("Random horizontal flips of training images.", default=False)
+    max_train_samples: int | None = _help("Keep the first N training samples.", default=None)
+    cache_dir: str | None = _help("Cache folder for Hub datasets and models.", default=None)
+
+
+@dataclass
+class ModelArguments:
+    pretrained_model_name_or_path: str | None = _help(
+        "Initialise from a diffusers pipeline/UNet folder or Hub id (e.g. anton-l/ddpm-ema-pokemon-64, or the "
+        "output_dir of a pretraining run).",
+        default=None,
+    )
+    model_preset: str = _help("Fresh model size: 'tiny' (tests), 'small' (CPU), 'paper'.", default="small")
+    num_train_timesteps: int = _help("DDPM training timesteps T.", default=1000)
+    beta_schedule: str = _help("Noise schedule (diffusers' DDPMScheduler names).", default="linear")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = _help("Model target.", default="epsilon")
+
+
+@dataclass
+class SamplingArguments:
+    timestep_sampling: str = _help(
+        "Training-timestep sampler: 'uniform' (vanilla DDPM), 'ci_normal' (the paper), or a peer: logit_normal, "
+        "mode, cosmap, edm_lognormal, window, beta, loss_aware.",
+        default="uniform",
+    )
+    ci_lower: float | None = _help("Lower end of the confidence interval (ci_normal).", default=None)
+    ci_upper: float | None = _help("Upper end of the confidence interval (ci_normal).", default=None)
+    ci_coverage: float = _help("Normal mass inside [ci_lower, ci_upper].", default=0.95)
+    ci_tail: Literal["uniform", "renormalize"] = _help(
+        "Tail mass outside [0, T): 'uniform' mixture (paper) or 'renormalize' (ablation).", default="uniform"
+    )
+    logit_mean: float | None = _help("logit_normal: mean before the sigmoid.", default=None)
+    logit_std: float | None = _help("logit_normal: std before the sigmoid.", default=None)
+    mode_scale: float | None = _help("mode: SD3 mode scale.", default=None)
+    edm_p_mean: float | None = _help("edm_lognormal: mean of ln(sigma).", default=None)
+    edm_p_std: float | None = _help("edm_lognormal: std of ln(sigma).", default=None)
+    window_min: int | None = _help("window: first timestep.", default=None)
+    window_max: int | None = _help("window: last timestep.", default=None)
+    beta_alpha: float | None = _help("beta: first shape parameter.", default=None)
+    beta_beta: float | None = _help("beta: second shape parameter.", default=None)
+    loss_aware_history: int | None = _help("loss_aware: losses kept per timestep.", default=None)
+    loss_aware_uniform_prob: float | None = _help("loss_aware: uniform mixing weight.", default=None)
+    loss_weighting: Literal["none", "min_snr", "p2", "importance"] = _help(
+        "Explicit per-sample loss weighting (independent of the sampler).", default="none"
+    )
+    snr_gamma: float = _help("min_snr: gamma.", default=5.0)
+    p2_k: float = _help("p2: k.", default=1.0)
+    p2_gamma: float = _help("p2: gamma.", default=1.0)
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = _help(
+        "Run folder (pipeline, configs, loss history, checkpoints, metrics).", default="runs/memctl"
+    )
+    overwrite_output_dir: bool = _help("Allow reusing an output_dir that holds another run.", default=False)
+    seed: int = _help("Seed of every random draw (weights, data order, noise, timesteps).", default=0)
+    train_batch_size: int = _help("Batch size per process.", default=64)
+    num_epochs: int = _help("Epochs (ignored when max_train_steps is set).", default=50)
+    max_train_steps: int | None = _help("Total optimizer steps (overrides num_epochs).", default=None)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
+    learning_rate: float = _help("AdamW learning rate.", default=1e-4)
+    lr_scheduler: str = _help("diffusers.optimization schedule name.", default="cosine")
+    lr_warmup_steps: int = _help("Linear warm-up steps.", default=500)
+    adam_beta1: float = _help("AdamW beta1.", default=0.95)
+    adam_beta2: float = _help("AdamW beta2.", default=0.999)
+    adam_weight_decay: float = _help("AdamW weight decay.", default=1e-6)
+    adam_epsilon: float = _help("AdamW epsilon.", default=1e-8)
+    max_grad_norm: float = _help("Gradient clipping norm (0 disables).", default=1.0)
+    use_ema: bool = _help("Keep an EMA of the weights and save it as the model.", default=True)
+    ema_inv_gamma: float = _help("EMA warm-up inv_gamma.", default=1.0)
+    ema_power: float = _help("EMA warm-up power.", default=0.75)
+    ema_max_decay: float = _help("EMA maximum decay.", default=0.9999)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Mixed precision (accelerate).", default="no")
+    checkpointing_steps: int = _help("Save an accelerate checkpoint every N steps (0 disables).", default=500)
+    checkpoints_total_limit: int | None = _help("Keep at most N checkpoints.", default=None)
+    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
+    save_images_epochs: int = _help("Save a sample grid/overlay every N epochs (0 disables).", default=10)
+    save_model_epochs: int = _help("Save the pipeline every N epochs (it is always saved at the end).", default=10)
+    logger: Literal["tensorboard", "none"] = _help("Experiment tracker.", default="tensorboard")
+    logging_steps: int = _help("Log to the tracker every N steps.", default=10)
+    channels_last: bool = _help("Use channels_last memory format for 2D models.", default=False)
+    dry_run: bool = _help("Resolve and print the settings, write nothing, train nothing.", default=False)
+
+
+@dataclass
+class EvaluationArguments:
+    eval_num_samples: int = _help("Samples generated for the metric report after training (0 disables).", default=1000)
+    eval_batch_size: int = _help("Generation batch size.", default=250)
+    num_inference_steps: int | None = _help(
+        "Denoising steps; omitted = DDPM with the training T, otherwise DDIM with this many steps.", default=None
+    )
+    eval_seed: int = _help("Seed of the generated samples.", default=0)
+    pca_components: int = _help("PCA components for the distribution metrics.", default=2)
+    pca_fit_on: Literal["train", "both"] = _help(
+        "Fit PCA on the training set or on training + generated.", default="train"
+    )
+    js_bins: int = _help("Histogram bins of the JS distances.", default=50)
+    memorization_threshold: float = _help(
+        "Nearest/second-nearest ratio below which a sample is memorized.", default=1 / 3
+    )
+
+
+@dataclass
+class HubArguments:
+    push_to_hub: bool = _help("Push the run folder to the Hub (token: HF_TOKEN or `hf auth login`).", default=False)
+    hub_model_id: str | None = _help("Repository id (user/name).", default=None)
+    hub_private_repo: bool = _help("Create the repository as private.", default=False)
+    push_checkpoints: bool = _help("Also push every checkpoint save (weights + configs only).", default=False)
+
+
+@dataclass
+class SweepArguments:
+    sweep_dir: str = _help("Folder of the sweep (one run folder per cell and seed).", default="runs/sweep")
+    pretrained_run: str | None = _help(
+        "Run folder of the uniform pretraining to fine-tune from (default: <sweep_dir>/pretrained, trained first "
+        "with uniform sampling when --pretrain_epochs is given).",
+        default=None,
+    )
+    pretrain_epochs: int | None = _help(
+        "Epochs of the uniform pretraining run by the sweep itself (paper: 50).", default=None
+    )
+    pretrain_learning_rate: float | None = _help(
+        "Learning rate of that pretraining (default: learning_rate).", default=None
+    )
+    grid_min: int = _help("Smallest interval end of the triangular grid.", default=0)
+    grid_max: int | None = _help("Largest interval end (default: num_train_timesteps).", default=None)
+    grid_step: int = _help("Grid spacing (paper: 100 -> 55 cells).", default=100)
+    cells: str | None = _help("Explicit cells 'lo:hi,lo:hi' instead of the grid.", default=None)
+    include_uniform: bool = _help("Add a uniform-sampling baseline cell.", default=True)
+    seeds: str = _help("Comma-separated seeds; one run per cell and seed.", default="0")
+    num_shards: int | None = _help("Split cells over N machines (default SLURM_ARRAY_TASK_COUNT or 1).", default=None)
+    shard_index: int | None = _help("This machine's shard (default SLURM_ARRAY_TASK_ID or 0).", default=None)
+    analyze_only: bool = _help("Only aggregate finished cells and write the analysis.", default=False)
+
+
+@dataclass
+class TrainingOptions:
+    """Every setting of one training run, grouped as the scripts parse them."""
+
+    data: DataArguments = field(default_factory=DataArguments)
+    model: ModelArguments = field(default_factory=ModelArguments)
+    sampling: SamplingArguments = field(default_factory=SamplingArguments)
+    training: TrainingArguments = field(default_factory=TrainingArguments)
+    evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
+    hub: HubArguments = field(default_factory=HubArguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat ``{flag name: value}`` of every setting (the ``args`` of ``training_config.json``)."""
+        return flatten_arguments(self.data, self.model, self.sampling, self.training, self.evaluation, self.hub)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingOptions:
+        """Rebuild from a flat dict (unknown keys raise, missing keys take defaults)."""
+        groups = {f.name: f.type for f in dataclasses.fields(cls)}
+        known = {name: _GROUP_TYPES[name] for name in groups}
+        field_owner = {f.name: group for group, t in known.items() for f in dataclasses.fields(t)}
+        unknown = sorted(set(values) - set(field_owner))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; valid names are the script flags (see --help)")
+        kwargs = {group: {} for group in known}
+        for key, value in values.items():
+            kwargs[field_owner[key]][key] = value
+        return cls(**{group: known[group](**kw) for group, kw in kwargs.items()})
+
+
+_GROUP_TYPES = {
+    "data": DataArguments,
+    "model": ModelArguments,
+    "sampling": SamplingArguments,
+    "training": TrainingArguments,
+    "evaluation": EvaluationArguments,
+    "hub": HubArguments,
+}
+
+
+def flatten_arguments(*groups: Any) -> dict[str, Any]:
+    """Merge argument dataclasses into one flat dict, refusing duplicate names."""
+    flat: dict[str, Any] = {}
+    for group in groups:
+        for key, value in dataclasses.asdict(group).items():
+            if key in flat:
+                raise ValueError(f"setting {key!r} is defined twice")
+            flat[key] = value
+    return flat
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parser generated from the dataclasses
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _str2bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dict[str, Any]) -> argparse.Action:
+    tp, _ = _unwrap_optional(hints[f.name])
+    kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+    if tp is bool:
+        kwargs.update(type=_str2bool, nargs="?", const=True)
+    elif typing.get_origin(tp) is Literal:
+        choices = list(typing.get_args(tp))
+        kwargs.update(type=type(choices[0]), choices=choices)
+    elif tp in (int, float, str):
+        kwargs.update(type=tp)
+    else:
+        raise TypeError(f"unsupported argument type {tp!r} for {f.name}")
+    return parser.add_argument(f"--{f.name}", **kwargs)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config file not found: {path}")
+    text = file.read_text()
+    if file.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as err:
+            raise ValueError(f"reading {path} needs PyYAML (pip install pyyaml), or use a JSON config") from err
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must hold a mapping of setting names to values")
+    # A training_config.json written by a run can be passed back as --config: its settings live under "args".
+    if "args" in values and isinstance(values["args"], dict) and "schema_version" in values:
+        values = values["args"]
+    return values
+
+
+def parse_arguments(
+    group_types: list[type],
+    argv: list[str] | None = None,
+    *,
+    description: str | None = None,
+    extra: typing.Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[list[Any], argparse.Namespace]:
+    """Parse `argv` into instances of the given dataclasses (``--config FILE`` supplies defaults).
+
+    Args:
+        group_types (`list[type]`): Argument dataclasses, e.g. ``[DataArguments, ModelArguments]``.
+        argv (`list[str]`, *optional*): Arguments (default: ``sys.argv[1:]``).
+        description (`str`, *optional*): Parser description.
+        extra (`Callable`, *optional*): Adds script-specific positional arguments to the parser.
+
+    Returns:
+        `tuple[list, argparse.Namespace]`: One instance per dataclass, and the namespace of the extra arguments.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="JSON/YAML file of settings (flags override it).")
+    if extra is not None:
+        extra(parser)
+    owners: dict[str, type] = {}
+    actions: dict[str, argparse.Action] = {}
+    for group in group_types:
+        hints = typing.get_type_hints(group)
+        sub = parser.add_argument_group(group.__name__)
+        for f in dataclasses.fields(group):
+            if f.name in owners:
+                raise ValueError(f"setting {f.name!r} is defined by {owners[f.name].__name__} and {group.__name__}")
+            owners[f.name] = group
+            actions[f.name] = _add_field(sub, f, hints)
+    namespace = parser.parse_args(argv)
+    values = _read_config_file(namespace.config) if namespace.config else {}
+    unknown = sorted(set(values) - set(owners))
+    if unknown:
+        parser.error(f"unknown settings {unknown} in --config {namespace.config}")
+    # File values go through the flags' own conversion and choices: PyYAML reads `1e-4` as the string '1e-4', and a
+    # string "false" must not count as true.
+    for key, value in values.items():
+        action = actions[key]
+        if isinstance(value, str) and action.type is not None:
+            try:
+                value = values[key] = action.type(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+                parser.error(f"--config {namespace.config}: invalid value {value!r} for {key}: {err}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"--config {namespace.config}: {key}={value!r} is not one of {list(action.choices)}")
+    values.update({k: v for k, v in vars(namespace).items() if k in owners})
+    instances = [
+        group(**{f.name: values[f.name] for f in dataclasses.fields(group) if f.name in values})
+        for group in group_types
+    ]
+    rest = argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k not in owners})
+    return instances, rest
+
+
+def env_int(name: str) -> int | None:
+    """An integer environment variable (e.g. SLURM_ARRAY_TASK_ID), or `None` when unset."""
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None

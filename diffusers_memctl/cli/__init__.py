@@ -1,0 +1,1 @@
+"""Command-line entry points (also used by ``training_scripts/``): parse, build, call the library."""

@@ -1,0 +1,35 @@
+"""``memctl-evaluate`` / ``training_scripts/evaluate_memctl.py``: metric report of a run folder (or Hub id)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..args import EvaluationArguments, parse_arguments
+
+
+def _positional(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="Run folder (output_dir of a training run) or a Hub id.")
+    parser.add_argument("--no_plots", action="store_true", help="Skip the figures.")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available).")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/``; returns the report."""
+    from ..evaluation import evaluate_run, evaluation_kwargs
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    (e,), rest = parse_arguments([EvaluationArguments], argv, description=__doc__, extra=_positional)
+    report = evaluate_run(
+        rest.run_dir,
+        **evaluation_kwargs(e),
+        device=rest.device,
+        make_plots=not rest.no_plots,
+    )
+    for name, value in report["metrics"].items():
+        print(f"{name:28s} {value:.6g}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Training data: image datasets (Hub ids, local folders, embedded digits) and UCR/ECG signals.
+
+:func:`load_training_data` is the one entry point the training loop and the evaluation use: it turns the data
+settings of a run into one in-memory tensor of preprocessed samples, so that evaluation compares generated samples
+against exactly the data the run trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .images import (
+    IMAGE_DATASET_PRESETS,
+    PreprocessedImages,
+    load_digits_dataset,
+    load_image_dataset,
+    preprocess_images,
+    random_flip,
+)
+from .ucr import SIGNAL_DATASET_PRESETS, UCRDataset, load_signal_dataset, load_ucr_dataset, load_ucr_file
+
+__all__ = [
+    "IMAGE_DATASET_PRESETS",
+    "SIGNAL_DATASET_PRESETS",
+    "PreprocessedImages",
+    "TrainingData",
+    "UCRDataset",
+    "infer_modality",
+    "load_digits_dataset",
+    "load_image_dataset",
+    "load_signal_dataset",
+    "load_training_data",
+    "load_ucr_dataset",
+    "load_ucr_file",
+    "preprocess_images",
+    "random_flip",
+]
+
+_UCR_SUFFIXES = (".txt", ".tsv", ".csv", ".ts", ".arff")
+
+
+@dataclass
+class TrainingData:
+    """Preprocessed training samples of one run.
+
+    Args:
+        samples (`torch.Tensor`): float32 ``(N, C, H, W)`` images in [-1, 1] or ``(N, C, L)`` signals.
+        modality (`str`): ``"image"`` or ``"signal"``.
+        info (`dict`): Provenance for ``training_config.json`` (source, counts, skipped images).
+    """
+
+    samples: torch.Tensor
+    modality: Literal["image", "signal"]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sample_shape(self) -> list[int]:
+        return list(self.samples.shape[1:])
+
+
+def infer_modality(dataset_name: str | None, data_dir: str | None = None) -> Literal["image", "signal"]:
+    """``"signal"`` for signal presets, UCR files/folders and `data_dir`; ``"image"`` otherwise."""
+    if data_dir is not None:
+        return "signal"
+    if dataset_name is None:
+        return "image"
+    if dataset_name.lower() in SIGNAL_DATASET_PRESETS:
+        return "signal"
+    path = Path(dataset_name).expanduser()
+    if path.is_file() and path.suffix.lower() in _UCR_SUFFIXES:
+        return "signal"
+    if path.is_dir() and any(p.suffix.lower() in _UCR_SUFFIXES and "_TRAIN" in p.name.upper() for p in path.iterdir()):
+        return "signal"
+    return "image"
+
+
+def _parse_classes(classes: str | list | None) -> list[int | str] | None:
+    if classes is None or classes == "":
+        return None
+    items = classes.split(",") if isinstance(classes, str) else list(classes)
+    parsed: list[int | str] = []
+    for item in items:
+        item = str(item).strip()
+        try:
+            parsed.append(int(item))
+        except ValueError:
+            parsed.append(item)
+    return parsed
+
+
+def default_resolution(dataset_name: str | None) -> int:
+    """16 for the 8x8 digits (upsampled so a U-Net has room to downsample), 64 (the paper's size) otherwise."""
+    return 16 if dataset_name in (None, "digits") else 64
+
+
+def load_training_data(data_args: Any) -> TrainingData:
+    """Load and preprocess the training samples described by a :class:`~diffusers_memctl.args.DataArguments`.
+
+    Args:
+        data_args: An object with the fields of `DataArguments` (a dataclass instance or a namespace).
+
+    Returns:
+        [`TrainingData`]
+    """
+    modality = infer_modality(data_args.dataset_name, data_args.data_dir)
+    if modality == "signal":
+        samples = load_signal_dataset(
+            data_args.dataset_name,
+            data_args.data_dir,
+            split=data_args.dataset_split,
+            classes=_parse_classes(data_args.classes),
+            sequence_column=data_args.sequence_column,
+            max_train_samples=data_args.max_train_samples,
+        )
+        if samples.shape[0] == 0:
+            raise ValueError(f"signal dataset {data_args.dataset_name!r} with classes={data_args.classes!r} is empty")
+        return TrainingData(samples, "signal", {"num_samples": samples.shape[0]})
+    resolution = data_args.resolution or default_resolution(data_args.dataset_name)
+    dataset, column = load_image_dataset(
+        data_args.dataset_name if data_args.train_data_dir is None else None,
+        data_args.train_data_dir,
+        split=data_args.dataset_split,
+        image_column=data_args.image_column,
+        cache_dir=data_args.cache_dir,
+        max_train_samples=data_args.max_train_samples,
+    )
+    processed = preprocess_images(dataset, column, resolution, center_crop=data_args.center_crop)
+    info = {
+        "num_samples": len(processed.samples),
+        "image_column": column,
+        "resolution": resolution,
+        "color_mode": processed.color_mode,
+        "num_skipped": processed.num_skipped,
+        "skipped": [list(item) if isinstance(item, tuple) else item for item in processed.skipped[:20]],
+    }
+    return TrainingData(processed.samples, "image", info)

@@ -1,0 +1,359 @@
+"""Evaluate a run folder: generate samples, measure memorization and distribution alignment, write the report.
+
+Follows the paper's protocol (arXiv 2601.21348, Sec. 5: 1,000 generated samples, L2 distance to the training set,
+PCA + Wasserstein / Jensen-Shannon distances) and adds explicit memorization metrics (nearest-neighbour ratio,
+Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the numbers is kept beside them:
+``samples.npz`` (generated samples in the model's value range) and ``metrics.json`` (settings, seed, N, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
+
+__all__ = [
+    "METRICS_SCHEMA_VERSION",
+    "evaluate_run",
+    "evaluation_kwargs",
+    "generate_samples",
+    "load_run_pipeline",
+    "read_training_config",
+]
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
+    """Keyword arguments of :func:`evaluate_run` from an `EvaluationArguments` instance (one mapping for every caller)."""
+    e = evaluation_args
+    return {
+        "num_samples": e.eval_num_samples,
+        "batch_size": e.eval_batch_size,
+        "num_inference_steps": e.num_inference_steps,
+        "seed": e.eval_seed,
+        "pca_components": e.pca_components,
+        "pca_fit_on": e.pca_fit_on,
+        "js_bins": e.js_bins,
+        "memorization_threshold": e.memorization_threshold,
+    }
+
+
+def read_training_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``training_config.json`` of a run folder (clear error when it is not a run)."""
+    path = Path(run_dir) / "training_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a diffusers-memctl run: {path.name} is missing")
+    config = json.loads(path.read_text())
+    if "args" not in config or "modality" not in config:
+        raise ValueError(f"{path} is not a training config of diffusers-memctl (keys 'args' and 'modality' missing)")
+    return config
+
+
+def _resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -> Path:
+    path = Path(run_dir).expanduser()
+    if path.exists():
+        return path
+    if str(run_dir).count("/") == 1 and not str(run_dir).startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(run_dir), cache_dir=cache_dir))
+    raise FileNotFoundError(f"run folder not found: {run_dir}")
+
+
+def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.nn.Module, Any]:
+    """The denoiser and the scheduler config of a saved run (``model_index.json`` + ``unet/`` + ``scheduler/``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model_index.json").is_file() or not (run_dir / "unet").is_dir():
+        raise FileNotFoundError(
+            f"{run_dir} holds no saved model (model_index.json and unet/ are missing); train it first or point at the "
+            "run's output_dir"
+        )
+    if modality == "signal":
+        from .models.unet_1d_memctl import UNet1DMemCtlModel
+
+        unet = UNet1DMemCtlModel.from_pretrained(run_dir / "unet")
+    else:
+        from diffusers import UNet2DModel
+
+        unet = UNet2DModel.from_pretrained(run_dir / "unet")
+    scheduler_config = json.loads((run_dir / "scheduler" / "scheduler_config.json").read_text())
+    return unet, scheduler_config
+
+
+def _inference_scheduler(scheduler_config: Any, num_inference_steps: int | None):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    config = {k: v for k, v in dict(scheduler_config).items() if k not in MEMCTL_CONFIG_DEFAULTS}
+    if num_inference_steps is None:
+        return DDPMScheduler.from_config(config), config["num_train_timesteps"]
+    return DDIMScheduler.from_config(config), num_inference_steps
+
+
+@torch.no_grad()
+def generate_samples(
+    unet: torch.nn.Module,
+    scheduler_config: Any,
+    modality: str,
+    *,
+    num_samples: int,
+    batch_size: int = 250,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    sample_shape: list[int] | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Generate samples in the model's value range with the diffusers pipeline of the modality.
+
+    Images go through `DDPMPipeline` and come back in [-1, 1] as ``(N, C, H, W)``; signals through `DDPM1DPipeline`
+    as ``(N, C, L)``. Batch ``i`` uses a generator seeded with ``(seed, i)``, so N samples are reproducible and
+    independent of the batch size's effect on other batches.
+
+    Args:
+        unet (`torch.nn.Module`): The denoiser.
+        scheduler_config: The training scheduler (or its config).
+        modality (`str`): ``"image"`` or ``"signal"``.
+        num_samples (`int`): Number of samples.
+        batch_size (`int`, defaults to 250): Samples per pipeline call.
+        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; otherwise DDIM with this many steps.
+        seed (`int`, defaults to 0): Seed of the generation.
+        sample_shape (`list[int]`, *optional*): ``[C, L]`` of signals (defaults to the model's config).
+        progress (`bool`, defaults to `True`): Show the pipelines' progress bars.
+        device (`str` or `torch.device`, *optional*): Device (defaults to the model's).
+
+    Returns:
+        `torch.Tensor`: float32 samples on the CPU.
+    """
+    from diffusers import DDPMPipeline
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    config = scheduler_config.config if hasattr(scheduler_config, "config") else scheduler_config
+    scheduler, steps = _inference_scheduler(config, num_inference_steps)
+    device = torch.device(device) if device is not None else next(unet.parameters()).device
+    if modality == "signal":
+        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
+
+        pipeline = DDPM1DPipeline(unet=unet, scheduler=scheduler)
+    else:
+        pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=not progress, leave=False)
+    outputs = []
+    for index, start in enumerate(range(0, num_samples, batch_size)):
+        count = min(batch_size, num_samples - start)
+        state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+        generator = torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
+        if modality == "signal":
+            length = sample_shape[-1] if sample_shape else None
+            batch = pipeline(
+                batch_size=count, generator=generator, num_inference_steps=steps, length=length, output_type="pt"
+            )
+            outputs.append(batch.signals.float().cpu())
+        else:
+            images = pipeline(
+                batch_size=count, generator=generator, num_inference_steps=steps, output_type="np"
+            ).images
+            # DDPMPipeline returns (N, H, W, C) in [0, 1]; back to the training range and layout.
+            outputs.append(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() * 2.0 - 1.0)
+    return torch.cat(outputs)
+
+
+def _write_atomic_bytes(path: Path, writer) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        writer(handle)
+    os.replace(tmp, path)
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int = 1000,
+    batch_size: int = 250,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    pca_components: int = 2,
+    pca_fit_on: str = "train",
+    js_bins: int = 50,
+    memorization_threshold: float = 1 / 3,
+    device: str | torch.device | None = None,
+    make_plots: bool = True,
+    progress: bool = True,
+    training_data: Any = None,
+) -> dict[str, Any]:
+    """Generate `num_samples` from a run, compute every metric against its training data, write the report.
+
+    Writes ``samples.npz``, ``metrics.json`` (each through a temporary file and a rename, so a failed evaluation never
+    replaces a good report) and ``plots/`` into the run folder.
+
+    Args:
+        run_dir (`str` or `os.PathLike`): A run folder (or a Hub id holding one).
+        num_samples (`int`, defaults to 1000): Generated samples (the paper's N).
+        batch_size (`int`, defaults to 250): Generation batch size.
+        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; else DDIM steps.
+        seed (`int`, defaults to 0): Generation seed.
+        pca_components (`int`, defaults to 2): PCA components K.
+        pca_fit_on (`str`, defaults to `"train"`): Fit PCA on `"train"` or `"both"`.
+        js_bins (`int`, defaults to 50): Histogram bins of the JS distances.
+        memorization_threshold (`float`, defaults to 1/3): Nearest/second-nearest ratio threshold.
+        device (`str`, *optional*): Generation and metric device (default: CUDA when available).
+        make_plots (`bool`, defaults to `True`): Write ``plots/*.png`` (needs matplotlib).
+        progress (`bool`, defaults to `True`): Progress bars.
+        training_data ([`~diffusers_memctl.data.TrainingData`], *optional*): Preloaded training data.
+
+    Returns:
+        `dict`: The content of ``metrics.json``.
+    """
+    from .args import DataArguments
+    from .data import load_training_data
+    from .metrics import compute_metrics, pca_distribution_distances
+
+    if num_samples < 2:
+        raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
+    run_path = _resolve_run_dir(run_dir)
+    config = read_training_config(run_path)
+    modality = config["modality"]
+    unet, scheduler_config = load_run_pipeline(run_path, modality)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unet.to(device).eval()
+
+    timings: dict[str, float] = {}
+    tic = time.perf_counter()
+    if training_data is None:
+        data_fields = {f for f in DataArguments.__dataclass_fields__}
+        training_data = load_training_data(
+            DataArguments(**{k: v for k, v in config["args"].items() if k in data_fields})
+        )
+    training = training_data.samples
+    timings["load_training_data_s"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    generated = generate_samples(
+        unet,
+        scheduler_config,
+        modality,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        num_inference_steps=num_inference_steps,
+        seed=seed,
+        sample_shape=list(training.shape[1:]),
+        progress=progress,
+        device=device,
+    )
+    timings["generate_s"] = time.perf_counter() - tic
+    if not torch.isfinite(generated).all():
+        bad = int((~torch.isfinite(generated.flatten(1))).any(1).sum())
+        raise ValueError(
+            f"{bad} of {num_samples} generated samples contain NaN or inf; the model in {run_path} diverged"
+        )
+    if tuple(generated.shape[1:]) != tuple(training.shape[1:]):
+        raise ValueError(
+            f"generated samples have shape {tuple(generated.shape[1:])} but the training data {tuple(training.shape[1:])}"
+        )
+
+    tic = time.perf_counter()
+    metric_device = device if device.type == "cuda" else None
+    metrics = compute_metrics(
+        generated.to(metric_device) if metric_device else generated,
+        training.to(metric_device) if metric_device else training,
+        modality=modality,
+        n_components=pca_components,
+        bins=js_bins,
+        memorization_threshold=memorization_threshold,
+    )
+    if pca_fit_on != "train":
+        metrics.update(
+            pca_distribution_distances(generated, training, pca_components, fit_on=pca_fit_on, bins=js_bins)
+        )
+    timings["metrics_s"] = time.perf_counter() - tic
+
+    report = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "metrics": metrics,
+        "num_samples": num_samples,
+        "seed": seed,
+        "settings": {
+            "num_inference_steps": num_inference_steps,
+            "sampler": "ddpm" if num_inference_steps is None else "ddim",
+            "batch_size": batch_size,
+            "pca_components": pca_components,
+            "pca_fit_on": pca_fit_on,
+            "js_bins": js_bins,
+            "memorization_threshold": memorization_threshold,
+            "num_training_samples": int(training.shape[0]),
+        },
+        "timings": timings,
+        "run": {
+            "run_dir": str(run_path),
+            "modality": modality,
+            "sampler": config.get("sampler", {}),
+        },
+    }
+    if make_plots:
+        tic = time.perf_counter()
+        write_evaluation_plots(
+            run_path, generated, training, modality, pca_components, pca_fit_on, memorization_threshold
+        )
+        timings["plots_s"] = time.perf_counter() - tic
+    from .training import write_json_atomic
+
+    # Samples and metrics are written last, together, so that a failure before (e.g. in plotting) leaves the previous
+    # pair in place and samples.npz always reproduces metrics.json.
+    _write_atomic_bytes(run_path / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
+    write_json_atomic(run_path / "metrics.json", report)
+    return report
+
+
+def write_evaluation_plots(
+    run_dir: Path,
+    generated: torch.Tensor,
+    training: torch.Tensor,
+    modality: str,
+    pca_components: int = 2,
+    pca_fit_on: str = "train",
+    memorization_threshold: float = 1 / 3,
+) -> list[Path]:
+    """PCA scatter (the paper's Fig. 4), nearest-neighbour distances, samples beside their nearest training sample
+    (images) or overlays (signals), and the loss history, into ``run_dir/plots``."""
+    from .metrics import nearest_neighbors, pca_project
+    from .plotting import (
+        plot_image_nn_grid,
+        plot_loss_history,
+        plot_nn_distance_histogram,
+        plot_pca_scatter,
+        plot_signal_overlay,
+        save_figure,
+    )
+
+    plots = run_dir / "plots"
+    written = []
+    gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=pca_fit_on)
+    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))
+    distances, indices = nearest_neighbors(generated, training, k=2)
+    distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
+    ratio = distances[:, 0] / np.maximum(distances[:, 1], 1e-300)
+    figure = plot_nn_distance_histogram(distances[:, 0], memorization_ratio=ratio, threshold=memorization_threshold)
+    written.append(save_figure(figure, plots / "nn_distances.png"))
+    if modality == "image":
+        nearest = training[indices[:16, 0]].numpy()
+        figure = plot_image_nn_grid(generated[:16].numpy(), nearest, distances=distances[:16, 0])
+        written.append(save_figure(figure, plots / "nearest_neighbors.png"))
+    else:
+        written.append(
+            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / "signal_overlay.png")
+        )
+    history = run_dir / "loss_history.jsonl"
+    if history.is_file():
+        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        if records:
+            written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
+    return written

@@ -1,0 +1,862 @@
+"""Memorization and distribution metrics for generated samples.
+
+Pure functions over arrays of shape `(N, ...)` (torch tensors or numpy arrays); every sample is flattened to a vector
+of dimension `D`. Definitions follow "Memorization Control in Diffusion Models from Denoising-centric Perspective"
+(https://arxiv.org/abs/2601.21348, Sec. 5) and the project's DESIGN.md ("Metric definitions"):
+
+- `nn_l2`: L2 distance from each generated sample to its nearest training sample.
+- `mean_l2`: mean L2 distance from each generated sample to all training samples (the paper's wording).
+- `memorized_fraction`: share of generated samples whose nearest / second-nearest training distance ratio is below
+  1/3 (Yoon et al. 2023, https://openreview.net/forum?id=shciCbSk9h; Gu et al. 2023, https://arxiv.org/abs/2310.02664).
+- PCA distances: per-component 1-Wasserstein and base-2 Jensen-Shannon distances plus a Frechet distance between the
+  PCA projections of generated and training samples.
+- `signal_js`: base-2 Jensen-Shannon distance between each generated signal's amplitude histogram and the pooled
+  training amplitude histogram.
+
+No function prints, plots or touches files. Distances are computed in chunks (never an `N x M x D` tensor) and the
+nearest neighbours are exact (see `nearest_neighbors`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+import scipy.stats
+import torch
+
+__all__ = [
+    "compute_metrics",
+    "evaluate_module_path",
+    "frechet_distance",
+    "js_distance",
+    "mean_l2",
+    "memorized_fraction",
+    "nearest_neighbors",
+    "nn_l2",
+    "pca_distribution_distances",
+    "pca_project",
+    "signal_js",
+    "wasserstein_1",
+]
+
+ArrayLike = torch.Tensor | np.ndarray
+
+# Element budgets of temporary blocks: distance chunk (float64, 64 MiB), gathers (float64, 32 MiB), norms (16 MiB).
+# Few large blocks keep the number of parallel regions (each a potential stall on a busy machine) small.
+_DISTANCE_CHUNK_ELEMENTS = 1 << 23
+_GATHER_BLOCK_ELEMENTS = 1 << 22
+_NORM_BLOCK_ELEMENTS = 1 << 21
+# Features per float32 matmul block; shorter blocks give a tighter rounding bound (gamma_B) on each dot product.
+_MATMUL_K_BLOCK = 2048
+# Extra float32 candidates kept per row beyond k before the exact float64 re-ranking.
+_CANDIDATE_MARGIN = 16
+# Above this size of the smaller Gram/covariance matrix, PCA uses Lanczos (ARPACK) instead of a dense eigensolver.
+_PCA_DENSE_MAX = 2048
+
+EVALUATE_MODULES = (
+    "memctl_memorization",
+    "memctl_metrics",
+    "memctl_nn_l2",
+    "memctl_pca_distances",
+    "memctl_signal_js",
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Input handling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _as_samples(x: Any, name: str, *, device: str | torch.device | None = None) -> torch.Tensor:
+    """Converts `x` of shape `(N, ...)` to a finite floating tensor of shape `(N, D)` without copying when possible."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        try:
+            arr = np.asarray(x)
+        except ValueError as err:  # ragged nested sequences
+            raise ValueError(f"`{name}` must be an array of shape (N, ...) with equal-sized samples: {err}") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise ValueError(f"`{name}` must hold real numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise ValueError(f"`{name}` must be real-valued, got dtype {t.dtype}")
+    if t.ndim < 2:
+        raise ValueError(f"`{name}` must have shape (N, ...) with at least 2 dimensions, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t[0].numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(t.shape)}); need at least one sample of non-zero size")
+    if t.dtype not in (torch.float32, torch.float64):
+        # Integers, booleans and half precision are promoted; half-precision matmuls would break the error bounds.
+        t = t.to(torch.float32)
+    if device is not None:
+        t = t.to(device)
+    t = t.reshape(t.shape[0], -1)
+    # min and max propagate NaN and show inf in one pass; the per-sample scan runs only when something is wrong.
+    low, high = torch.aminmax(t)
+    finite = None if bool(torch.isfinite(low) & torch.isfinite(high)) else torch.isfinite(t).all(dim=1)
+    if finite is not None:
+        bad = torch.nonzero(~finite).flatten()
+        raise ValueError(
+            f"`{name}` contains NaN or inf in {bad.numel()} sample(s) (first at index {int(bad[0])}); "
+            "all values must be finite"
+        )
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _as_pair(
+    generated: Any, training: Any, *, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validates and flattens generated/training sets that must share the per-sample shape and the device."""
+    gen_shape = tuple(generated.shape[1:]) if hasattr(generated, "shape") else None
+    train_shape = tuple(training.shape[1:]) if hasattr(training, "shape") else None
+    if device is None:
+        device = next((x.device for x in (generated, training) if isinstance(x, torch.Tensor)), None)
+    gen = _as_samples(generated, "generated", device=device)
+    train = _as_samples(training, "training", device=device)
+    if gen_shape is not None and train_shape is not None and gen_shape != train_shape:
+        raise ValueError(
+            f"per-sample shapes differ: generated samples have shape {gen_shape}, training samples {train_shape}; "
+            "they must be equal"
+        )
+    if gen.shape[1] != train.shape[1]:
+        raise ValueError(
+            f"sample dimensions differ: generated D={gen.shape[1]}, training D={train.shape[1]}; they must be equal"
+        )
+    return gen, train
+
+
+def _to_numpy64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _check_int(value: Any, name: str, *, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        valid = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"`{name}` must be {valid}, got {value}")
+    return int(value)
+
+
+def _check_chunk(chunk_size: int | None) -> int | None:
+    return None if chunk_size is None else _check_int(chunk_size, "chunk_size", low=1)
+
+
+def _as_1d(x: Any, name: str) -> np.ndarray:
+    arr = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"`{name}` must be a non-empty 1D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"`{name}` contains NaN or inf; all values must be finite")
+    return arr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Nearest neighbours
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _candidate_precision(device: torch.device) -> tuple[torch.dtype, float]:
+    """Returns the dtype used to pre-select neighbour candidates and the unit roundoff of its matmul."""
+    backend = torch.backends.cuda.matmul if device.type == "cuda" else getattr(torch.backends.mkldnn, "matmul", None)
+    settings = [getattr(backend, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)]
+    reduced = any(setting not in (None, "none", "ieee") for setting in settings)
+    try:
+        reduced |= torch.get_float32_matmul_precision() != "highest"
+        reduced |= device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    except RuntimeError:  # legacy and per-backend precision APIs mixed: assume the worst
+        reduced = True
+    # TF32/bf16 matmuls make the float32 error bound useless; float64 keeps the bound tight (and is fast on GPUs).
+    return (torch.float64, 2.0**-53) if reduced else (torch.float32, 2.0**-24)
+
+
+def _squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared norms in float64, in row blocks so no full-size float64 copy is made."""
+    rows = max(1, _NORM_BLOCK_ELEMENTS // x.shape[1])
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        block = x[start : start + rows].to(torch.float64)
+        out[start : start + rows] = torch.linalg.vector_norm(block, dim=1).square_()
+    return out
+
+
+def _exact_distances(queries: torch.Tensor, training: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Distances `||q_i - t_{index[i, j]}||_2` from explicit float64 differences (no cancellation)."""
+    rows, cols = index.shape
+    out = torch.empty(rows, cols, dtype=torch.float64, device=queries.device)
+    if cols == 0:
+        return out
+    step = max(1, _GATHER_BLOCK_ELEMENTS // (cols * queries.shape[1]))
+    for start in range(0, rows, step):
+        stop = start + step
+        diff = training[index[start:stop]].to(torch.float64) - queries[start:stop, None, :].to(torch.float64)
+        out[start:stop] = torch.linalg.vector_norm(diff, dim=-1)
+    return out
+
+
+def _select_k(dist: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest distances per row; ties go to the lower training index (stable sort after sorting indices)."""
+    by_index = torch.argsort(index, dim=1)
+    index = torch.gather(index, 1, by_index)
+    dist = torch.gather(dist, 1, by_index)
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    return torch.gather(dist, 1, order), torch.gather(index, 1, order)
+
+
+def _approx_squared_distances(
+    gen: torch.Tensor, train: torch.Tensor, gen_sq: torch.Tensor, train_sq: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """`||a||^2 - 2 a.b + ||b||^2` (float64 result) with dot products in `dtype` over blocks of features."""
+    dim = gen.shape[1]
+    block = dim if dtype == torch.float64 else _MATMUL_K_BLOCK
+    dots = None
+    for start in range(0, dim, block):
+        part = gen[:, start : start + block].to(dtype) @ train[:, start : start + block].to(dtype).T
+        dots = part.to(torch.float64) if dots is None else dots.add_(part)
+    return dots.mul_(-2.0).add_(gen_sq[:, None]).add_(train_sq[None, :])
+
+
+def nearest_neighbors(
+    generated: ArrayLike,
+    training: ArrayLike,
+    k: int = 2,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest training samples (Euclidean) of every generated sample.
+
+    Candidates are pre-selected with the matmul expansion `||a||^2 - 2 a.b + ||b||^2`, whose dot products are float32
+    matmuls over blocks of 2048 features accumulated in float64, and then re-ranked with distances recomputed from
+    explicit float64 differences. A candidate set is accepted only when it provably contains the true k nearest
+    neighbours: by the rounding-error bound of a length-B float32 dot product (Higham, "Accuracy and Stability of
+    Numerical Algorithms", 2002, Sec. 3.1) every approximate squared distance is within `tol` of the true one, so a
+    training sample whose approximate distance exceeds the k-th smallest by more than `2 tol` cannot be among the k
+    nearest. Rows with more near-ties than the kept candidates re-rank every training sample inside that bound.
+    The result therefore equals a brute-force float64 search (ties broken by the lower training index). Under
+    TF32/bf16 matmul settings the pre-selection runs in float64 instead.
+
+    Memory is bounded by one chunk of the `N x M` distance matrix (`chunk_size x M` values) plus small gather blocks;
+    no `N x M x D` tensor is formed. Computation runs on the tensors' device (or `device`).
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Query samples; flattened to `(N, D)`.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Reference samples with the same per-sample shape.
+        k (`int`, defaults to `2`):
+            Number of neighbours, `1 <= k <= M`.
+        chunk_size (`int`, *optional*):
+            Generated samples per chunk of the distance matrix; defaults to about 8M distance entries (64 MiB) per chunk.
+        device (`str` or `torch.device`, *optional*):
+            Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: distances `(N, k)` float64 (ascending per row) and indices `(N, k)`
+        int64 into `training`, both on the compute device.
+    """
+    gen, train = _as_pair(generated, training, device=device)
+    k = _check_int(k, "k", low=1, high=train.shape[0])
+    return _nearest_neighbors(gen, train, k, _check_chunk(chunk_size))
+
+
+def _nearest_neighbors(
+    gen: torch.Tensor, train: torch.Tensor, k: int, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[`nearest_neighbors`] on validated `(N, D)` and `(M, D)` tensors on one device."""
+    n, dim = gen.shape
+    m = train.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, min(n, _DISTANCE_CHUNK_ELEMENTS // m))
+    cand_dtype, unit = _candidate_precision(gen.device)
+    gen_sq, train_sq = _squared_norms(gen), _squared_norms(train)
+    if cand_dtype == torch.float32 and max(float(gen_sq.max()), float(train_sq.max())) > 1e30:
+        cand_dtype, unit = torch.float64, 2.0**-53  # float32 products would overflow
+    # |approximate - true squared distance| <= (gamma_B + 3u + small float64 terms) * (||a||^2 + ||b||^2), where
+    # gamma_B = B u / (1 - B u) bounds one length-B block's dot product and 3u the rounding of float64 inputs to
+    # float32; a factor 2 is kept as a safety margin.
+    block = dim if cand_dtype == torch.float64 else min(dim, _MATMUL_K_BLOCK)
+    gamma = block * unit / (1.0 - block * unit)
+    tol = 2.0 * (gamma + 3.0 * unit + 4.0 * (dim + 8) * 2.0**-53) * (gen_sq + float(train_sq.max()))
+    n_cand = min(m, k + _CANDIDATE_MARGIN)
+
+    distances = torch.empty(n, k, dtype=torch.float64, device=gen.device)
+    indices = torch.empty(n, k, dtype=torch.int64, device=gen.device)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        sq = _approx_squared_distances(gen[start:stop], train, gen_sq[start:stop], train_sq, cand_dtype)
+        cand_sq, cand_idx = torch.topk(sq, n_cand, dim=1, largest=False, sorted=True)
+        limit = cand_sq[:, k - 1] + 2.0 * tol[start:stop]
+        inside = cand_sq <= limit[:, None]  # a prefix of each row: candidates are sorted
+        if n_cand < m:
+            complete = ~inside[:, -1]
+        else:
+            complete = torch.ones_like(limit, dtype=torch.bool)
+
+        counts = inside.sum(dim=1)  # >= k: the first k candidates are inside by construction
+        for width in torch.unique(counts[complete]).tolist():
+            # Rows grouped by their number of candidates: most need only about k exact distances.
+            rows = torch.nonzero(complete & (counts == width)).flatten()
+            idx = cand_idx[rows, :width]
+            d, i = _select_k(_exact_distances(gen[start:stop][rows], train, idx), idx, k)
+            distances[start + rows], indices[start + rows] = d, i
+        for row in torch.nonzero(~complete).flatten().tolist():
+            # More near-ties than kept candidates: re-rank every training sample inside the error bound.
+            idx = torch.nonzero(sq[row] <= limit[row]).flatten()[None, :]
+            d, i = _select_k(_exact_distances(gen[start + row : start + row + 1], train, idx), idx, k)
+            distances[start + row], indices[start + row] = d[0], i[0]
+    return distances, indices
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memorization metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _nn_summary(nearest: np.ndarray, dim: int) -> dict[str, float]:
+    mean, median = float(np.mean(nearest)), float(np.median(nearest))
+    root = math.sqrt(dim)
+    return {"mean": mean, "median": median, "mean_per_dim": mean / root, "median_per_dim": median / root}
+
+
+def _memorized_share(d1: np.ndarray, d2: np.ndarray, threshold: float) -> float:
+    # d1 == d2 == 0 (a copy of a duplicated training sample) counts as memorized: the ratio is taken as 0.
+    ratio = np.divide(d1, d2, out=np.zeros_like(d1), where=d2 > 0)
+    return float(np.mean(ratio < threshold))
+
+
+def _check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+        raise ValueError(f"`threshold` must be a number in (0, 1], got {threshold!r}")
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"`threshold` must be in (0, 1], got {threshold}")
+    return float(threshold)
+
+
+def nn_l2(generated: ArrayLike, training: ArrayLike, **kwargs: Any) -> dict[str, float]:
+    """Nearest-neighbour L2 distance from generated to training samples (DESIGN.md, "Metric definitions").
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples in the model's value range.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape.
+        **kwargs:
+            `chunk_size` and `device`, forwarded to [`nearest_neighbors`].
+
+    Returns:
+        `dict[str, float]`: `mean` and `median` over generated samples of `min_j ||x_gen - x_train_j||_2`, and
+        `mean_per_dim`, `median_per_dim`: the same divided by `sqrt(D)`.
+    """
+    gen, train = _as_pair(generated, training, device=kwargs.pop("device", None))
+    chunk_size = kwargs.pop("chunk_size", None)
+    if kwargs:
+        raise ValueError(f"unexpected keyword arguments {sorted(kwargs)}; valid are 'chunk_size' and 'device'")
+    distances, _ = _nearest_neighbors(gen, train, 1, _check_chunk(chunk_size))
+    return _nn_summary(distances[:, 0].cpu().numpy(), gen.shape[1])
+
+
+def mean_l2(
+    generated: ArrayLike,
+    training: ArrayLike,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> float:
+    """Mean over generated samples of the mean L2 distance to all training samples.
+
+    The paper's image metric (arXiv 2601.21348, Sec. 5: "the L2 distance between each generated image and the full
+    training set ... then the mean over training images"). Computed in float64 blocks with the matmul expansion.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape.
+        chunk_size (`int`, *optional*):
+            Rows per block of either set; defaults to about 4M float64 values per block.
+        device (`str` or `torch.device`, *optional*):
+            Device to compute on; defaults to the device of the input tensors.
+
+    Returns:
+        `float`: `mean_i mean_j ||x_gen_i - x_train_j||_2`.
+    """
+    gen, train = _as_pair(generated, training, device=device)
+    return _mean_l2(gen, train, _check_chunk(chunk_size))
+
+
+def _mean_l2(gen: torch.Tensor, train: torch.Tensor, chunk_size: int | None) -> float:
+    """[`mean_l2`] on validated `(N, D)` and `(M, D)` tensors on one device."""
+    if chunk_size is None:
+        chunk_size = max(1, _GATHER_BLOCK_ELEMENTS // gen.shape[1])
+    gen_sq = _squared_norms(gen)
+    train_sq = _squared_norms(train)
+    total = torch.zeros((), dtype=torch.float64, device=gen.device)
+    for t_start in range(0, train.shape[0], chunk_size):
+        t_block = train[t_start : t_start + chunk_size].to(torch.float64)
+        t_sq = train_sq[t_start : t_start + chunk_size]
+        for g_start in range(0, gen.shape[0], chunk_size):
+            g_block = gen[g_start : g_start + chunk_size].to(torch.float64)
+            sq = torch.addmm(t_sq[None, :], g_block, t_block.T, beta=1.0, alpha=-2.0)
+            sq += gen_sq[g_start : g_start + chunk_size, None]
+            total += sq.clamp_(min=0.0).sqrt_().sum()
+    return float(total) / (gen.shape[0] * train.shape[0])
+
+
+def memorized_fraction(
+    generated: ArrayLike,
+    training: ArrayLike,
+    threshold: float = 1 / 3,
+    *,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> float:
+    """Share of generated samples whose nearest / second-nearest training distance ratio is below `threshold`.
+
+    The memorization criterion of Yoon et al. (2023), "Diffusion probabilistic models generalize when they fail to
+    memorize", and Gu et al. (2023), "On memorization in diffusion models" (https://arxiv.org/abs/2310.02664):
+    `d(x, NN_1(x)) / d(x, NN_2(x)) < 1/3`. A sample at distance 0 from its nearest neighbour counts as memorized
+    (ratio 0), also when the second neighbour is a duplicate at distance 0.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape, `M >= 2`.
+        threshold (`float`, defaults to `1/3`):
+            Ratio threshold in `(0, 1]`.
+        chunk_size (`int`, *optional*):
+            Forwarded to [`nearest_neighbors`].
+        device (`str` or `torch.device`, *optional*):
+            Forwarded to [`nearest_neighbors`].
+
+    Returns:
+        `float`: fraction in `[0, 1]`.
+    """
+    threshold = _check_threshold(threshold)
+    gen, train = _as_pair(generated, training, device=device)
+    if train.shape[0] < 2:
+        raise ValueError(f"`training` must hold at least 2 samples for a distance ratio, got {train.shape[0]}")
+    distances, _ = _nearest_neighbors(gen, train, 2, _check_chunk(chunk_size))
+    d = distances.cpu().numpy()
+    return _memorized_share(d[:, 0], d[:, 1], threshold)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Distribution metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _pca_basis(centered: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, components `(K, D)` and explained-variance ratios of the fitted samples, centred in place (float64)."""
+    n, dim = centered.shape
+    mean = centered.mean(axis=0)
+    centered -= mean  # in place: the caller hands over its own copy, which keeps peak memory at one float64 copy
+    total_var = float(np.einsum("ij,ij->", centered, centered)) / (n - 1)
+    use_gram = n < dim  # eigenvectors of the smaller of X X^T (n x n) and X^T X (D x D)
+    size = n if use_gram else dim
+    if size <= _PCA_DENSE_MAX or n_components >= size - 1:
+        small = centered @ centered.T if use_gram else centered.T @ centered
+        evals, evecs = scipy.linalg.eigh(small, subset_by_index=[size - n_components, size - 1])
+    else:
+        if use_gram:
+            matvec = lambda v: centered @ (centered.T @ v)  # noqa: E731
+        else:
+            matvec = lambda v: centered.T @ (centered @ v)  # noqa: E731
+        op = scipy.sparse.linalg.LinearOperator((size, size), matvec=matvec, dtype=np.float64)
+        # A fixed start vector makes Lanczos deterministic; all-ones would be orthogonal to the centred Gram's span.
+        v0 = np.random.default_rng(0).standard_normal(size)
+        # tol=1e-10 (relative residual) leaves eigenvector errors near 1e-12 at a fraction of the cost of tol=0.
+        ncv = min(size, max(2 * n_components + 1, 32))
+        evals, evecs = scipy.sparse.linalg.eigsh(op, k=n_components, which="LA", v0=v0, tol=1e-10, ncv=ncv)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    if total_var <= 0.0 or evals[-1] <= 1e-12 * max(float(evals[0]), 0.0) or evals[-1] <= 0.0:
+        raise ValueError(
+            f"PCA needs {n_components} direction(s) of non-zero variance in the fitted samples, but their variance "
+            f"spectrum is {np.maximum(evals, 0.0).tolist()}; use fewer components or more varied samples"
+        )
+    components = (centered.T @ evecs / np.sqrt(evals)).T if use_gram else evecs.T
+    components /= np.linalg.norm(components, axis=1, keepdims=True)
+    # Sign convention: the loading with the largest magnitude is positive (first one on ties).
+    pivots = np.argmax(np.abs(components), axis=1)
+    components *= np.sign(components[np.arange(n_components), pivots])[:, None]
+    return mean, components, evals / (n - 1) / total_var
+
+
+def pca_project(
+    generated: ArrayLike,
+    training: ArrayLike,
+    n_components: int = 2,
+    fit_on: Literal["train", "both"] = "train",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projects generated and training samples on the leading principal components.
+
+    The PCA comparison of arXiv 2601.21348 (Sec. 5.1, Fig. 4). The basis is fitted on the training samples (or on
+    training and generated samples together) by an exact symmetric eigensolver on the smaller of the covariance and
+    Gram matrices (Lanczos with a fixed start vector for large ones). Each component's sign is fixed so that its
+    largest-magnitude loading is positive, which makes projections reproducible.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape.
+        n_components (`int`, defaults to `2`):
+            Number of components K, `1 <= K <= min(number of fitted samples - 1, D)`.
+        fit_on (`str`, defaults to `"train"`):
+            `"train"` fits on the training samples; `"both"` on training and generated samples together.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, np.ndarray]`: generated projections `(N, K)`, training projections `(M, K)`
+        and the explained-variance ratio of each component `(K,)`, all float64.
+    """
+    if fit_on not in ("train", "both"):
+        raise ValueError(f"`fit_on` must be 'train' or 'both', got {fit_on!r}")
+    gen_t, train_t = _as_pair(generated, training)
+    n_fit = train_t.shape[0] + (gen_t.shape[0] if fit_on == "both" else 0)
+    if n_fit < 2:
+        raise ValueError(f"PCA needs at least 2 fitted samples, got {n_fit} (fit_on={fit_on!r})")
+    n_components = _check_int(n_components, "n_components", low=1, high=min(n_fit - 1, train_t.shape[1]))
+    # One private float64 copy of the fitted samples, centred in place; projections reuse it.
+    fit = torch.cat([train_t, gen_t.to(train_t.dtype)]) if fit_on == "both" else train_t
+    fit = fit.detach().to("cpu", torch.float64, copy=True).numpy()
+    mean, components, ratio = _pca_basis(fit, n_components)
+    train_proj = fit[: train_t.shape[0]] @ components.T
+    if fit_on == "both":
+        gen_proj = fit[train_t.shape[0] :] @ components.T
+    else:
+        gen_proj = (_to_numpy64(gen_t) - mean) @ components.T
+    return gen_proj, train_proj, ratio
+
+
+def wasserstein_1(a: ArrayLike | Sequence[float], b: ArrayLike | Sequence[float]) -> float:
+    """1-Wasserstein distance between two 1D empirical distributions (`scipy.stats.wasserstein_distance`).
+
+    Args:
+        a (`np.ndarray`, `torch.Tensor` or sequence of shape `(N,)`):
+            First sample.
+        b (`np.ndarray`, `torch.Tensor` or sequence of shape `(M,)`):
+            Second sample.
+
+    Returns:
+        `float`: the distance, in the units of the samples.
+    """
+    return float(scipy.stats.wasserstein_distance(_as_1d(a, "a"), _as_1d(b, "b")))
+
+
+def _js_from_counts(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Base-2 Jensen-Shannon distance between histograms along the last axis (counts are normalized here)."""
+    p = p / p.sum(axis=-1, keepdims=True)
+    q = q / q.sum(axis=-1, keepdims=True)
+    mix = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / mix), 0.0).sum(axis=-1)
+        kl_q = np.where(q > 0, q * np.log2(q / mix), 0.0).sum(axis=-1)
+    return np.sqrt(np.clip(0.5 * (kl_p + kl_q), 0.0, 1.0))
+
+
+def _check_bins(bins: int) -> int:
+    return _check_int(bins, "bins", low=1)
+
+
+def _check_range(value_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"`range` must be a pair (low, high) of finite numbers, got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"`range` must satisfy finite low < high, got {value_range!r}")
+    return lo, hi
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray, name: str) -> np.ndarray:
+    counts = np.histogram(values, bins=edges)[0].astype(np.float64)
+    if counts.sum() == 0:
+        raise ValueError(f"no value of `{name}` falls inside the histogram range [{edges[0]}, {edges[-1]}]")
+    return counts
+
+
+def js_distance(
+    a: ArrayLike | Sequence[float],
+    b: ArrayLike | Sequence[float],
+    bins: int = 50,
+    range: tuple[float, float] | None = None,  # noqa: A002 - mirrors numpy.histogram
+) -> float:
+    """Base-2 Jensen-Shannon distance between the histograms of two 1D samples on shared bins.
+
+    The JS distance of arXiv 2601.21348 (Sec. 5; Lin 1991, https://doi.org/10.1109/18.61115): both samples are
+    binned on the same `bins` equal-width bins spanning the pooled range (or `range`), the counts are normalized,
+    and the square root of the base-2 Jensen-Shannon divergence is returned. Symmetric and in `[0, 1]`.
+
+    Args:
+        a (`np.ndarray`, `torch.Tensor` or sequence of shape `(N,)`):
+            First sample.
+        b (`np.ndarray`, `torch.Tensor` or sequence of shape `(M,)`):
+            Second sample.
+        bins (`int`, defaults to `50`):
+            Number of equal-width bins.
+        range (`tuple[float, float]`, *optional*):
+            Histogram range; defaults to `(min, max)` of both samples pooled. Values outside are ignored.
+
+    Returns:
+        `float`: the distance in `[0, 1]`.
+    """
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    bins = _check_bins(bins)
+    value_range = _check_range(range)
+    if value_range is None:
+        pooled = np.concatenate([a, b])
+        value_range = (float(pooled.min()), float(pooled.max()))
+    edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=bins, range=value_range)
+    return float(_js_from_counts(_histogram(a, edges, "a"), _histogram(b, edges, "b")))
+
+
+def frechet_distance(a: ArrayLike, b: ArrayLike) -> float:
+    """Frechet distance between Gaussians fitted to two sets of K-dimensional points (FID convention).
+
+    Returns `||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})` as in Heusel et al. (2017),
+    https://arxiv.org/abs/1706.08500: like FID, the value is the squared Frechet (2-Wasserstein) distance between the
+    two Gaussians. Covariances use `ddof=1`. The matrix square root is `scipy.linalg.sqrtm`; if it is not finite the
+    covariances are regularized with `1e-6 * I`, small imaginary parts from round-off are dropped, and the result is
+    clipped at 0.
+
+    Args:
+        a (`np.ndarray` or `torch.Tensor` of shape `(N, K)`):
+            First set, `N >= 2`.
+        b (`np.ndarray` or `torch.Tensor` of shape `(M, K)`):
+            Second set, `M >= 2`, same K.
+
+    Returns:
+        `float`: the (squared) Frechet distance, `>= 0`.
+    """
+    a_t, b_t = _as_pair(a, b)
+    a_np, b_np = _to_numpy64(a_t), _to_numpy64(b_t)
+    for name, x in (("a", a_np), ("b", b_np)):
+        if x.shape[0] < 2:
+            raise ValueError(f"`{name}` needs at least 2 points to estimate a covariance, got {x.shape[0]}")
+    mu_a, mu_b = a_np.mean(axis=0), b_np.mean(axis=0)
+    cov_a = np.atleast_2d(np.cov(a_np, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(b_np, rowvar=False))
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        offset = 1e-6 * np.eye(cov_a.shape[0])
+        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    root = np.real(root)
+    diff = mu_a - mu_b
+    value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    return max(value, 0.0)
+
+
+def pca_distribution_distances(
+    generated: ArrayLike,
+    training: ArrayLike,
+    n_components: int = 2,
+    fit_on: Literal["train", "both"] = "train",
+    bins: int = 50,
+) -> dict[str, float]:
+    """Distribution distances between generated and training samples in PCA space (arXiv 2601.21348, Sec. 5.1).
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples, `N >= 2`.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape, `M >= 2`.
+        n_components (`int`, defaults to `2`):
+            Number of principal components K.
+        fit_on (`str`, defaults to `"train"`):
+            Fit PCA on `"train"` or on `"both"` sets, see [`pca_project`].
+        bins (`int`, defaults to `50`):
+            Histogram bins of the JS distance, see [`js_distance`].
+
+    Returns:
+        `dict[str, float]`: `pca_pc{k}_wasserstein_1` and `pca_pc{k}_js_distance` for `k = 1..K`, and
+        `pca_frechet_distance` (FID convention, see [`frechet_distance`]) between the K-dimensional projections.
+    """
+    bins = _check_bins(bins)
+    gen, train = _as_pair(generated, training)
+    for name, x in (("generated", gen), ("training", train)):
+        if x.shape[0] < 2:
+            raise ValueError(f"`{name}` needs at least 2 samples for PCA distances, got {x.shape[0]}")
+    gen_proj, train_proj, _ = pca_project(gen, train, n_components=n_components, fit_on=fit_on)
+    out: dict[str, float] = {}
+    for j in range(gen_proj.shape[1]):
+        out[f"pca_pc{j + 1}_wasserstein_1"] = wasserstein_1(gen_proj[:, j], train_proj[:, j])
+        out[f"pca_pc{j + 1}_js_distance"] = js_distance(gen_proj[:, j], train_proj[:, j], bins=bins)
+    out["pca_frechet_distance"] = frechet_distance(gen_proj, train_proj)
+    return out
+
+
+def signal_js(generated: ArrayLike, training: ArrayLike, bins: int = 50) -> dict[str, float]:
+    """Amplitude-histogram JS distance of each generated signal to the training set (arXiv 2601.21348, Sec. 5).
+
+    Every generated signal's amplitudes (all values of the flattened sample) are binned on `bins` equal-width bins
+    spanning the pooled range of all generated and training values; the training amplitudes are pooled into one
+    histogram on the same bins. The base-2 Jensen-Shannon distance (see [`js_distance`]) is computed per generated
+    signal.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated signals.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training signals with the same per-sample shape.
+        bins (`int`, defaults to `50`):
+            Number of shared bins.
+
+    Returns:
+        `dict[str, float]`: `mean` and `median` over generated signals of the JS distance, each in `[0, 1]`.
+    """
+    bins = _check_bins(bins)
+    gen_t, train_t = _as_pair(generated, training)
+    gen, train = _to_numpy64(gen_t), _to_numpy64(train_t)
+    lo, hi = min(gen.min(), train.min()), max(gen.max(), train.max())
+    edges = np.histogram_bin_edges(np.array([lo, hi]), bins=bins, range=(lo, hi))
+    reference = np.histogram(train, bins=edges)[0].astype(np.float64)
+    per_signal = np.stack([np.histogram(row, bins=edges)[0] for row in gen]).astype(np.float64)
+    js = _js_from_counts(per_signal, reference[None, :])
+    return {"mean": float(np.mean(js)), "median": float(np.median(js))}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Everything at once
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    generated: ArrayLike,
+    training: ArrayLike,
+    *,
+    modality: Literal["image", "signal"] = "image",
+    n_components: int = 2,
+    bins: int = 50,
+    memorization_threshold: float = 1 / 3,
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """All evaluation metrics of one run under the flat names of `metrics.json`.
+
+    One nearest-neighbour pass (k = 2) serves `nn_l2_*` and `memorized_fraction`; see the individual functions for
+    definitions and sources. PCA is fitted on the training samples.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples in the model's value range, `N >= 2`.
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape, `M >= 2`.
+        modality (`str`, defaults to `"image"`):
+            `"image"` or `"signal"`; signals also get `signal_js_mean` and `signal_js_median`.
+        n_components (`int`, defaults to `2`):
+            Number of principal components K.
+        bins (`int`, defaults to `50`):
+            Histogram bins of the JS distances.
+        memorization_threshold (`float`, defaults to `1/3`):
+            Distance-ratio threshold of `memorized_fraction`, in `(0, 1]`.
+        chunk_size (`int`, *optional*):
+            Chunk size of the distance computations.
+
+    Returns:
+        `dict[str, float]`: `nn_l2_mean`, `nn_l2_median`, `nn_l2_mean_per_dim`, `nn_l2_median_per_dim`, `mean_l2`,
+        `memorized_fraction`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance` (k = 1..K),
+        `pca_frechet_distance`, and for signals `signal_js_mean`, `signal_js_median`.
+    """
+    if modality not in ("image", "signal"):
+        raise ValueError(f"`modality` must be 'image' or 'signal', got {modality!r}")
+    threshold = _check_threshold(memorization_threshold)
+    bins = _check_bins(bins)
+    gen, train = _as_pair(generated, training)
+    for name, x in (("generated", gen), ("training", train)):
+        if x.shape[0] < 2:
+            raise ValueError(f"`{name}` needs at least 2 samples (PCA and the distance ratio), got {x.shape[0]}")
+    _check_int(n_components, "n_components", low=1, high=min(train.shape[0] - 1, train.shape[1]))
+
+    distances, _ = _nearest_neighbors(gen, train, 2, _check_chunk(chunk_size))
+    d = distances.cpu().numpy()
+    metrics = {f"nn_l2_{key}": value for key, value in _nn_summary(d[:, 0], gen.shape[1]).items()}
+    metrics["mean_l2"] = _mean_l2(gen, train, chunk_size)
+    metrics["memorized_fraction"] = _memorized_share(d[:, 0], d[:, 1], threshold)
+    metrics.update(pca_distribution_distances(gen, train, n_components=n_components, bins=bins))
+    if modality == "signal":
+        metrics.update({f"signal_js_{key}": value for key, value in signal_js(gen, train, bins=bins).items()})
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# `evaluate` integration helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_module_path(name: str) -> str:
+    """Folder of one of our `evaluate` modules, for `evaluate.load(evaluate_module_path(name))`.
+
+    Args:
+        name (`str`):
+            One of `memctl_memorization`, `memctl_metrics`, `memctl_nn_l2`, `memctl_pca_distances`,
+            `memctl_signal_js`.
+
+    Returns:
+        `str`: absolute path of the installed module folder.
+    """
+    if name not in EVALUATE_MODULES:
+        raise ValueError(f"unknown evaluate module {name!r}; valid names are {list(EVALUATE_MODULES)}")
+    path = Path(__file__).resolve().parent / "evaluate_modules" / name
+    if not (path / f"{name}.py").is_file():
+        raise FileNotFoundError(f"evaluate module {name!r} is not installed at {path}")
+    return str(path)
+
+
+def _rows(x: Any) -> list:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return list(x.reshape(x.shape[0], -1)) if x.ndim >= 2 else list(x)
+    return list(x)
+
+
+def pad_evaluate_batch(predictions: Any, references: Any) -> tuple[list, list]:
+    """Pads the shorter of two sample sets with `None` rows so `evaluate` can store them as one table.
+
+    `evaluate` keeps predictions and references as rows of one table, but generated and training sets have
+    different sizes; padded rows are dropped again by [`unpad_evaluate_column`].
+
+    Args:
+        predictions (sequence or array of shape `(N, ...)`):
+            Generated samples (flattened per row).
+        references (sequence or array of shape `(M, ...)`):
+            Training samples (flattened per row).
+
+    Returns:
+        `tuple[list, list]`: both sets as lists of equal length `max(N, M)`.
+    """
+    preds, refs = _rows(predictions), _rows(references)
+    size = max(len(preds), len(refs))
+    return preds + [None] * (size - len(preds)), refs + [None] * (size - len(refs))
+
+
+def unpad_evaluate_column(column: Sequence[Any], name: str) -> np.ndarray:
+    """Drops the `None` rows added by [`pad_evaluate_batch`] and stacks the rest into a float64 `(N, D)` array.
+
+    Args:
+        column (sequence of float sequences or `None`):
+            One column of an `evaluate` module's stored table.
+        name (`str`):
+            Column name used in error messages.
+
+    Returns:
+        `np.ndarray`: the samples, shape `(N, D)`.
+    """
+    rows = [row for row in column if row is not None]
+    if not rows:
+        raise ValueError(f"`{name}` holds no samples; pass at least one flattened sample")
+    lengths = {len(row) for row in rows}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"every row of `{name}` must have the same length (a flattened sample), got {sorted(lengths)}"
+        )
+    return np.asarray(rows, dtype=np.float64)

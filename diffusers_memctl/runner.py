@@ -1,0 +1,69 @@
+"""One training job end to end: train, evaluate, write the model card, optionally push.
+
+The training script and every sweep cell call :func:`run_training_job`, so there is exactly one path from settings
+to a finished, evaluated run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .args import TrainingOptions
+from .training import TrainResult, train
+
+__all__ = ["evaluate_options", "run_training_job"]
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_options(options: TrainingOptions, *, progress: bool = True, training_data: Any = None) -> dict[str, Any]:
+    """Run :func:`~diffusers_memctl.evaluation.evaluate_run` with the evaluation settings of `options`."""
+    from .evaluation import evaluate_run, evaluation_kwargs
+
+    e = options.evaluation
+    return evaluate_run(
+        options.training.output_dir,
+        **evaluation_kwargs(e),
+        progress=progress,
+        training_data=training_data,
+    )
+
+
+def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tuple[TrainResult, dict[str, Any] | None]:
+    """Train, then (on the main process) evaluate, write ``README.md`` and push when asked.
+
+    Args:
+        options ([`TrainingOptions`]): Every setting of the run.
+        progress (`bool`, defaults to `True`): Show the evaluation's progress bars.
+
+    Returns:
+        `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off or on other processes).
+    """
+    from accelerate import PartialState
+
+    from .data import load_training_data
+
+    data = load_training_data(options.data)
+    result = train(options, data=data)
+    report = None
+    if not PartialState().is_main_process:
+        return result, None
+    if options.evaluation.eval_num_samples > 0:
+        report = evaluate_options(options, progress=progress, training_data=data)
+    from .hub import write_model_card
+
+    write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
+    if options.hub.push_to_hub:
+        from .hub import push_to_hub
+
+        if not options.hub.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
+        url = push_to_hub(
+            options.training.output_dir,
+            options.hub.hub_model_id,
+            private=options.hub.hub_private_repo,
+            include_checkpoints=options.hub.push_checkpoints,
+        )
+        logger.info("pushed %s to %s", options.training.output_dir, url)
+    return result, report
