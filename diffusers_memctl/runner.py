@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from .args import TrainingOptions
+from .distributed import process_state
 from .training import TrainResult, train
 
 __all__ = ["evaluate_options", "run_training_job"]
@@ -40,14 +41,12 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
     Returns:
         `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off or on other processes).
     """
-    from accelerate import PartialState
-
     from .data import load_training_data
 
     data = load_training_data(options.data)
     result = train(options, data=data)
     report = None
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return result, None
     if options.evaluation.eval_num_samples > 0:
         report = evaluate_options(options, progress=progress, training_data=data)

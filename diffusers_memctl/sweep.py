@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .args import SweepArguments, TrainingOptions, env_int
+from .distributed import process_state
 
 __all__ = [
     "SweepCell",
@@ -265,13 +266,11 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments) -> list[dict[str,
     Returns:
         `list[dict]`: The result rows of every finished cell (this shard's and others').
     """
-    from accelerate import PartialState
-
     from .runner import evaluate_options, run_training_job
     from .training import TRAIN_COMPLETE_NAME, _latest_checkpoint
 
     sweep_dir = Path(sweep.sweep_dir)
-    state = PartialState()
+    state = process_state()
     cells = build_cells(sweep, options.model.num_train_timesteps)
     if sweep.analyze_only:
         return analyze_sweep_dir(sweep_dir)["rows"]

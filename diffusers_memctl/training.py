@@ -610,7 +610,11 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
             {"global_step": global_step, "final_loss": last_loss, "train_seconds": result.train_seconds},
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # Trackers are closed, but the process group is left alive: `end_training()` would destroy it, which breaks the
+    # next cell of a sweep run in the same launch and, on gloo, sometimes left one rank hanging on its way out.
+    # Processes release the group when they exit.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
 
 

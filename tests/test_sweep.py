@@ -451,3 +451,39 @@ def test_cell_killed_mid_training_resumes_from_its_checkpoint(sweep, tmp_path):
     steps = [json.loads(line)["step"] for line in (cell / "loss_history.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
     assert is_run_evaluated(cell) and len(rows) == 1
+
+
+@pytest.mark.slow
+def test_two_process_launch_runs_every_cell_of_the_sweep(sweep, tmp_path):
+    """One `torchrun --nproc_per_node 2` launch trains several cells in turn: the process group must outlive a cell
+    (train() once destroyed it at its end, so the second cell's first collective failed or hung)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sweep_dir = tmp_path / "s"
+    flags = sweep_flags(sweep_dir, "--pretrained_run", str(sweep["dir"] / "pretrained"), "--cells", "0:500,500:1000")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(SCRIPT), *flags,
+    ]  # fmt: skip
+    # torchrun on a machine without GPUs: accelerate must be told to use the CPU (gloo) to honour WORLD_SIZE.
+    env = {
+        **os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+    names = ["ci-0000-0500-seed0", "ci-0500-1000-seed0", "uniform-seed0"]
+    assert sorted(p.name for p in (sweep_dir / "cells").iterdir()) == names
+    for name in names:
+        run = sweep_dir / "cells" / name
+        assert is_run_evaluated(run), name
+        assert json.loads((run / "train_complete.json").read_text())["global_step"] == 2
+        counts = [
+            sum(json.loads(line)["bin_counts"]) for line in (run / "loss_history.jsonl").read_text().splitlines()
+        ]
+        assert counts == [64, 64], name  # each logged step holds both ranks' 32 timesteps
+    with open(sweep_dir / "sweep_results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 
 from ..args import SweepArguments, TrainingOptions, parse_arguments
+from ..distributed import process_state
 from .train import GROUPS
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run this shard of the sweep and write the analysis; returns the result rows."""
-    from accelerate import PartialState
-
     from ..sweep import run_sweep
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     *training_groups, sweep = groups
     options = TrainingOptions(*training_groups)
     rows = run_sweep(options, sweep)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(f"{len(rows)} evaluated runs in {sweep.sweep_dir}; report: {sweep.sweep_dir}/REPORT.md")
         if options.hub.push_to_hub:
             from ..hub import push_sweep_to_hub, write_sweep_card
