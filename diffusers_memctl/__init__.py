@@ -21,6 +21,7 @@ from .metrics import (
     memorized_fraction,
     nearest_neighbors,
     nn_l2,
+    nn_ratio,
     pca_distribution_distances,
     signal_js,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "min_snr_weights",
     "nearest_neighbors",
     "nn_l2",
+    "nn_ratio",
     "p2_weights",
     "pca_distribution_distances",
     "signal_js",

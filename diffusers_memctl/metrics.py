@@ -8,6 +8,8 @@ of dimension `D`. Definitions follow "Memorization Control in Diffusion Models f
 - `mean_l2`: mean L2 distance from each generated sample to all training samples (the paper's wording).
 - `memorized_fraction`: share of generated samples whose nearest / second-nearest training distance ratio is below
   1/3 (Yoon et al. 2023, https://openreview.net/forum?id=shciCbSk9h; Gu et al. 2023, https://arxiv.org/abs/2310.02664).
+- `nn_ratio`: that ratio itself, summarised (mean, median): a continuous memorization signal that moves before any
+  sample crosses the 1/3 threshold.
 - PCA distances: per-component 1-Wasserstein and base-2 Jensen-Shannon distances plus a Frechet distance between the
   PCA projections of generated and training samples.
 - `signal_js`: base-2 Jensen-Shannon distance between each generated signal's amplitude histogram and the pooled
@@ -38,6 +40,7 @@ __all__ = [
     "mean_l2",
     "memorized_fraction",
     "nearest_neighbors",
+    "nn_ratio",
     "nn_l2",
     "pca_distribution_distances",
     "pca_project",
@@ -325,10 +328,13 @@ def _nn_summary(nearest: np.ndarray, dim: int) -> dict[str, float]:
     return {"mean": mean, "median": median, "mean_per_dim": mean / root, "median_per_dim": median / root}
 
 
+def _nn_ratios(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    # d1 == d2 == 0 (a copy of a duplicated training sample) is a copy: the ratio is taken as 0.
+    return np.divide(d1, d2, out=np.zeros_like(d1), where=d2 > 0)
+
+
 def _memorized_share(d1: np.ndarray, d2: np.ndarray, threshold: float) -> float:
-    # d1 == d2 == 0 (a copy of a duplicated training sample) counts as memorized: the ratio is taken as 0.
-    ratio = np.divide(d1, d2, out=np.zeros_like(d1), where=d2 > 0)
-    return float(np.mean(ratio < threshold))
+    return float(np.mean(_nn_ratios(d1, d2) < threshold))
 
 
 def _check_threshold(threshold: float) -> float:
@@ -446,6 +452,55 @@ def memorized_fraction(
     distances, _ = _nearest_neighbors(gen, train, 2, _check_chunk(chunk_size))
     d = distances.cpu().numpy()
     return _memorized_share(d[:, 0], d[:, 1], threshold)
+
+
+def nn_ratio(
+    generated: ArrayLike,
+    training: ArrayLike,
+    *,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Nearest / second-nearest training distance ratio of each generated sample, summarised.
+
+    The quantity that [`memorized_fraction`] thresholds at 1/3 (Yoon et al. 2023; Gu et al. 2023,
+    https://arxiv.org/abs/2310.02664), kept continuous: 0 for a copy of a training sample, close to 1 for a sample
+    about as far from its nearest training sample as from the next one. Its mean falls as a model drifts toward its
+    training set, long before any sample counts as memorized. With `exclude_self=True` and the training set passed as
+    `generated`, each sample's own copy is skipped (leave-one-out): the value that fresh draws of the data
+    distribution would reach, a reference for the generated value.
+
+    Args:
+        generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
+            Generated samples (the training samples themselves with `exclude_self=True`).
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples with the same per-sample shape, `M >= 2` (`M >= 3` with `exclude_self`).
+        exclude_self (`bool`, defaults to `False`):
+            Drop each query's nearest neighbour first (its own copy when `generated` is `training`).
+        chunk_size (`int`, *optional*):
+            Forwarded to [`nearest_neighbors`].
+        device (`str` or `torch.device`, *optional*):
+            Forwarded to [`nearest_neighbors`].
+
+    Returns:
+        `dict[str, float]`: `mean` and `median` of the per-sample ratios, each in `[0, 1]`.
+    """
+    gen, train = _as_pair(generated, training, device=device)
+    skip = 1 if exclude_self else 0
+    if exclude_self and gen.shape[0] != train.shape[0]:
+        raise ValueError(
+            f"`exclude_self` compares a set with itself: `generated` has {gen.shape[0]} samples, "
+            f"`training` {train.shape[0]}"
+        )
+    if train.shape[0] < 2 + skip:
+        raise ValueError(
+            f"`training` must hold at least {2 + skip} samples for a distance ratio, got {train.shape[0]}"
+        )
+    distances, _ = _nearest_neighbors(gen, train, 2 + skip, _check_chunk(chunk_size))
+    d = distances.cpu().numpy()
+    ratios = _nn_ratios(d[:, skip], d[:, skip + 1])
+    return {"mean": float(np.mean(ratios)), "median": float(np.median(ratios))}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -742,7 +797,7 @@ def compute_metrics(
 ) -> dict[str, float]:
     """All evaluation metrics of one run under the flat names of `metrics.json`.
 
-    One nearest-neighbour pass (k = 2) serves `nn_l2_*` and `memorized_fraction`; see the individual functions for
+    One nearest-neighbour pass (k = 2) serves `nn_l2_*`, `memorized_fraction` and `nn_ratio_*`; see the individual functions for
     definitions and sources. PCA is fitted on the training samples.
 
     Args:
@@ -763,7 +818,7 @@ def compute_metrics(
 
     Returns:
         `dict[str, float]`: `nn_l2_mean`, `nn_l2_median`, `nn_l2_mean_per_dim`, `nn_l2_median_per_dim`, `mean_l2`,
-        `memorized_fraction`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance` (k = 1..K),
+        `memorized_fraction`, `nn_ratio_mean`, `nn_ratio_median`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance` (k = 1..K),
         `pca_frechet_distance`, and for signals `signal_js_mean`, `signal_js_median`.
     """
     if modality not in ("image", "signal"):
@@ -781,6 +836,8 @@ def compute_metrics(
     metrics = {f"nn_l2_{key}": value for key, value in _nn_summary(d[:, 0], gen.shape[1]).items()}
     metrics["mean_l2"] = _mean_l2(gen, train, chunk_size)
     metrics["memorized_fraction"] = _memorized_share(d[:, 0], d[:, 1], threshold)
+    ratios = _nn_ratios(d[:, 0], d[:, 1])
+    metrics["nn_ratio_mean"], metrics["nn_ratio_median"] = float(np.mean(ratios)), float(np.median(ratios))
     metrics.update(pca_distribution_distances(gen, train, n_components=n_components, bins=bins))
     if modality == "signal":
         metrics.update({f"signal_js_{key}": value for key, value in signal_js(gen, train, bins=bins).items()})

@@ -374,6 +374,7 @@ REPORT_METRICS = (
     "mean_l2",
     "nn_l2_mean",
     "memorized_fraction",
+    "nn_ratio_mean",
     "pca_pc1_wasserstein_1",
     "pca_frechet_distance",
     "final_loss",

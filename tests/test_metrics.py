@@ -20,6 +20,7 @@ from diffusers_memctl.metrics import (
     memorized_fraction,
     nearest_neighbors,
     nn_l2,
+    nn_ratio,
     pca_distribution_distances,
     pca_project,
     signal_js,
@@ -33,6 +34,8 @@ SCHEMA_IMAGE = {
     "nn_l2_median_per_dim",
     "mean_l2",
     "memorized_fraction",
+    "nn_ratio_mean",
+    "nn_ratio_median",
     "pca_pc1_wasserstein_1",
     "pca_pc1_js_distance",
     "pca_pc2_wasserstein_1",
@@ -345,6 +348,8 @@ def test_compute_metrics_image_keys_and_values():
     assert out["nn_l2_mean"] == summary["mean"] and out["nn_l2_median_per_dim"] == summary["median_per_dim"]
     assert out["mean_l2"] == pytest.approx(mean_l2(gen, train), rel=1e-12)
     assert out["memorized_fraction"] == memorized_fraction(gen, train)
+    ratio = nn_ratio(gen, train)
+    assert out["nn_ratio_mean"] == ratio["mean"] and out["nn_ratio_median"] == ratio["median"]
     pca = pca_distribution_distances(gen, train)
     assert all(out[key] == value for key, value in pca.items())
 
@@ -418,3 +423,35 @@ def _with(value, index=(1, 2)):
 def test_bad_inputs_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_nn_ratio_hand_made_and_against_direct_distances():
+    train = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 4.0]])
+    gen = np.array([[1.0, 0.0], [5.0, 0.0], [0.0, 0.0]])
+    # (1, 0): nearest 1 (origin), second sqrt(17) (0, 4); (5, 0): 5 and 5; a copy of the origin: 0.
+    expected = np.array([1 / np.sqrt(17), 1.0, 0.0])
+    out = nn_ratio(gen, train)
+    assert out["mean"] == pytest.approx(expected.mean(), rel=1e-12)
+    assert out["median"] == pytest.approx(np.median(expected), rel=1e-12)
+
+    gen, train = _random((40, 3, 5), seed=31), _random((60, 3, 5), seed=32)
+    direct = np.sort(_direct_distances(gen, train), axis=1)
+    ratios = direct[:, 0] / direct[:, 1]
+    out = nn_ratio(torch.from_numpy(gen), torch.from_numpy(train), chunk_size=9)
+    assert out["mean"] == pytest.approx(ratios.mean(), rel=1e-9)
+    assert out["median"] == pytest.approx(np.median(ratios), rel=1e-9)
+    # The threshold of memorized_fraction applied to the same ratios.
+    assert memorized_fraction(gen, train, threshold=0.9) == pytest.approx(np.mean(ratios < 0.9))
+
+
+def test_nn_ratio_leave_one_out_skips_each_sample_itself():
+    train = _random((50, 8), seed=33)
+    direct = np.sort(_direct_distances(train, train), axis=1)  # column 0 is each sample itself
+    expected = direct[:, 1] / direct[:, 2]
+    out = nn_ratio(train, train, exclude_self=True)
+    assert out["mean"] == pytest.approx(expected.mean(), rel=1e-9)
+    assert nn_ratio(train, train)["mean"] == 0.0  # without it every sample is its own copy
+    with pytest.raises(ValueError, match="`generated` has 10 samples, `training` 50"):
+        nn_ratio(train[:10], train, exclude_self=True)
+    with pytest.raises(ValueError, match="at least 3 samples"):
+        nn_ratio(train[:2], train[:2], exclude_self=True)
