@@ -62,9 +62,16 @@ def _resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -
     if path.exists():
         return path
     if str(run_dir).count("/") == 1 and not str(run_dir).startswith((".", "/", "~")):
+        # "user/name" may be a Hub repository or a mistyped relative folder: say both when neither exists.
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(run_dir), cache_dir=cache_dir))
+        try:
+            return Path(snapshot_download(str(run_dir), cache_dir=cache_dir))
+        except Exception as error:  # offline, missing repository, no access: all mean "not found" here
+            raise FileNotFoundError(
+                f"run folder not found: {run_dir} is no local folder, and as a Hub repository it could not be "
+                f"downloaded ({type(error).__name__}: {error})"
+            ) from error
     raise FileNotFoundError(f"run folder not found: {run_dir}")
 
 

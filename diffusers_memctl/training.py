@@ -416,7 +416,16 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if t_args.overwrite_output_dir and not resume:
-            for name in (LOSS_HISTORY_NAME, "metrics.json", TRAIN_COMPLETE_NAME, CHECKPOINTS_DIR):
+            # Everything a run and its evaluation leave behind, so nothing of the old run (plots included) passes
+            # for the new one's.
+            for name in (
+                LOSS_HISTORY_NAME,
+                "metrics.json",
+                "samples.npz",
+                "plots",
+                TRAIN_COMPLETE_NAME,
+                CHECKPOINTS_DIR,
+            ):
                 target = output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         write_json_atomic(output_dir / TRAINING_CONFIG_NAME, build_training_config(options, data, scheduler))

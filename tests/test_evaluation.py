@@ -189,6 +189,14 @@ def test_folders_that_are_not_runs_are_refused(tmp_path):
         evaluate_script([str(tmp_path), "--eval_num_samples", "2"])
     with pytest.raises(FileNotFoundError, match="run folder not found"):
         evaluate_script([str(tmp_path / "nowhere" / "run"), "--eval_num_samples", "2"])
+
+
+def test_missing_relative_folder_that_looks_like_a_hub_id_names_both_readings(tmp_path, monkeypatch):
+    # "runs/typo" is tried as a Hub repository; no Hub is reachable in tests (conftest refuses non-loopback
+    # connections), so that download fails, and the error must say that neither a folder nor a repository was found.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs/typo is no local folder, and as a Hub repository"):
+        evaluate_script(["runs/typo", "--eval_num_samples", "2"])
     (tmp_path / "training_config.json").write_text(json.dumps({"lr": 1e-4}))
     with pytest.raises(ValueError, match="not a training config"):
         evaluate_script([str(tmp_path), "--eval_num_samples", "2"])

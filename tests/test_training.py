@@ -585,7 +585,8 @@ def test_empty_imagefolder_is_a_clear_error(tmp_path):
 
 def test_output_dir_holding_another_run_is_refused_unless_overwriting(tmp_path):
     run = tmp_path / "run"
-    main(_argv(run, "--checkpointing_steps", "3", "--max_train_samples", "64", steps=3))
+    main(_argv(run, "--checkpointing_steps", "3", "--max_train_samples", "64", "--eval_num_samples", "4", steps=3))
+    assert (run / "plots" / "pca_scatter.png").is_file() and (run / "samples.npz").is_file()
     before = (run / "loss_history.jsonl").read_text()
     with pytest.raises(ValueError, match="overwrite_output_dir"):
         main(_argv(run, "--max_train_samples", "64", steps=2))
@@ -595,6 +596,8 @@ def test_output_dir_holding_another_run_is_refused_unless_overwriting(tmp_path):
     assert result.global_step == 2
     _assert_history(run, 2, 16)  # the old run's records are gone, not appended to
     assert not (run / "checkpoints").exists()
+    # The old run's evaluation is gone too: its plots and samples would pass for the new run's.
+    assert not (run / "plots").exists() and not (run / "samples.npz").exists() and not (run / "metrics.json").exists()
     assert _config(run)["args"]["max_train_steps"] == 2
 
 
