@@ -23,6 +23,7 @@ from .metrics import (
     nn_l2,
     nn_ratio,
     pca_distribution_distances,
+    reference_metrics,
     signal_js,
 )
 from .models import UNET_1D_PRESETS, UNET_2D_PRESETS, UNet1DMemCtlModel, create_unet_1d, create_unet_2d
@@ -74,5 +75,6 @@ __all__ = [
     "nn_ratio",
     "p2_weights",
     "pca_distribution_distances",
+    "reference_metrics",
     "signal_js",
 ]

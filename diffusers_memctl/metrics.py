@@ -10,6 +10,8 @@ of dimension `D`. Definitions follow "Memorization Control in Diffusion Models f
   1/3 (Yoon et al. 2023, https://openreview.net/forum?id=shciCbSk9h; Gu et al. 2023, https://arxiv.org/abs/2310.02664).
 - `nn_ratio`: that ratio itself, summarised (mean, median): a continuous memorization signal that moves before any
   sample crosses the 1/3 threshold.
+- `reference_metrics`: the training set's own (leave-one-out) values of these distances, the yardstick to read the
+  generated values against.
 - PCA distances: per-component 1-Wasserstein and base-2 Jensen-Shannon distances plus a Frechet distance between the
   PCA projections of generated and training samples.
 - `signal_js`: base-2 Jensen-Shannon distance between each generated signal's amplitude histogram and the pooled
@@ -41,6 +43,7 @@ __all__ = [
     "memorized_fraction",
     "nearest_neighbors",
     "nn_ratio",
+    "reference_metrics",
     "nn_l2",
     "pca_distribution_distances",
     "pca_project",
@@ -501,6 +504,55 @@ def nn_ratio(
     d = distances.cpu().numpy()
     ratios = _nn_ratios(d[:, skip], d[:, skip + 1])
     return {"mean": float(np.mean(ratios)), "median": float(np.median(ratios))}
+
+
+def reference_metrics(
+    training: ArrayLike,
+    *,
+    memorization_threshold: float = 1 / 3,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """The training set's own values of the distance metrics, each sample left out of its own comparison.
+
+    What a perfect generator would score: fresh draws of the data distribution sit about as far from the training set
+    as a left-out training sample sits from the rest. Generated values read against these: `mean_l2` well below the
+    reference means samples bunched toward the data's centre (less diverse than the data), not "closer to the data";
+    `nn_l2_mean` or `nn_ratio_mean` well below it means samples closer to individual training points than real data
+    is, the start of memorization. `memorized_fraction` here counts near-duplicates inside the training set.
+
+    Args:
+        training (`torch.Tensor` or `np.ndarray` of shape `(M, ...)`):
+            Training samples, `M >= 3`.
+        memorization_threshold (`float`, defaults to `1/3`):
+            Distance-ratio threshold of `memorized_fraction`, in `(0, 1]`.
+        chunk_size (`int`, *optional*):
+            Chunk size of the distance computations.
+        device (`str` or `torch.device`, *optional*):
+            Device to compute on; defaults to the device of the input tensor.
+
+    Returns:
+        `dict[str, float]`: `mean_l2` (mean over pairs `i != j`), `nn_l2_mean`, `nn_l2_median`, `nn_ratio_mean`,
+        `nn_ratio_median` and `memorized_fraction`, under the names of [`compute_metrics`].
+    """
+    threshold = _check_threshold(memorization_threshold)
+    train, _ = _as_pair(training, training, device=device)
+    m = train.shape[0]
+    if m < 3:
+        raise ValueError(f"`training` needs at least 3 samples for a leave-one-out distance ratio, got {m}")
+    chunk = _check_chunk(chunk_size)
+    distances, _ = _nearest_neighbors(train, train, 3, chunk)
+    d = distances.cpu().numpy()[:, 1:]  # column 0 is each sample itself (or a duplicate: distance 0 either way)
+    ratios = _nn_ratios(d[:, 0], d[:, 1])
+    # The M self-distances in the all-pairs mean are 0: rescale to the mean over the M (M - 1) other pairs.
+    return {
+        "mean_l2": _mean_l2(train, train, chunk) * m / (m - 1),
+        "nn_l2_mean": float(np.mean(d[:, 0])),
+        "nn_l2_median": float(np.median(d[:, 0])),
+        "nn_ratio_mean": float(np.mean(ratios)),
+        "nn_ratio_median": float(np.median(ratios)),
+        "memorized_fraction": float(np.mean(ratios < threshold)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------

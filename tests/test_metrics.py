@@ -23,6 +23,7 @@ from diffusers_memctl.metrics import (
     nn_ratio,
     pca_distribution_distances,
     pca_project,
+    reference_metrics,
     signal_js,
     wasserstein_1,
 )
@@ -455,3 +456,22 @@ def test_nn_ratio_leave_one_out_skips_each_sample_itself():
         nn_ratio(train[:10], train, exclude_self=True)
     with pytest.raises(ValueError, match="at least 3 samples"):
         nn_ratio(train[:2], train[:2], exclude_self=True)
+
+
+def test_reference_metrics_leave_each_training_sample_out():
+    train = _random((40, 2, 3), seed=34)
+    train[7] = train[3]  # one duplicated pair: each is the other's copy
+    direct = _direct_distances(train, train)
+    m = len(train)
+    others = direct[~np.eye(m, dtype=bool)].reshape(m, m - 1)
+    nearest = np.sort(others, axis=1)
+    ratios = np.divide(nearest[:, 0], nearest[:, 1], out=np.zeros(m), where=nearest[:, 1] > 0)
+    out = reference_metrics(torch.from_numpy(train), chunk_size=6)
+    assert out["mean_l2"] == pytest.approx(others.mean(), rel=1e-9)
+    assert out["nn_l2_mean"] == pytest.approx(nearest[:, 0].mean(), abs=1e-6)
+    assert out["nn_l2_median"] == pytest.approx(np.median(nearest[:, 0]), abs=1e-6)
+    assert out["nn_ratio_mean"] == pytest.approx(ratios.mean(), abs=1e-6)
+    assert ratios[3] == ratios[7] == 0.0  # the duplicated pair counts as copies of each other
+    assert out["memorized_fraction"] == pytest.approx(np.mean(ratios < 1 / 3)) and out["memorized_fraction"] >= 2 / m
+    with pytest.raises(ValueError, match="at least 3 samples.*got 2"):
+        reference_metrics(train[:2])
