@@ -604,17 +604,23 @@ def _retry_code(function: str, folder: Path, repo_id: str, options: Mapping[str,
 
 
 def _commit(
-    *,
-    operations: list[CommitOperationAdd],
-    repo_id: str,
+    function: str,
     folder: Path,
+    repo_id: str,
+    operations: list[CommitOperationAdd],
+    *,
     token: str | None,
-    private: bool,
-    commit_message: str,
-    create_pr: bool,
-    endpoint: str | None,
-    retry_code: str,
+    options: Mapping[str, Any],
+    default_message: str,
 ) -> str:
+    """Create the repo if missing and commit `operations`; any failure becomes one [`HubPushError`].
+
+    `options` are the keyword arguments the caller `function` was given (never the token): they set `private`,
+    `commit_message`, `create_pr` and `endpoint` here, and make up the retry command quoted in the error.
+    """
+    private, create_pr, endpoint = options["private"], options["create_pr"], options["endpoint"]
+    commit_message = options["commit_message"] or default_message
+    retry_code = _retry_code(function, folder.resolve(), repo_id, options, _PUSH_DEFAULTS)
     api = HfApi(endpoint=endpoint, token=token)
     stage = f"creating the repo {repo_id!r}"
     try:
@@ -703,15 +709,13 @@ def push_to_hub(
         "endpoint": endpoint,
     }
     return _commit(
-        operations=operations,
-        repo_id=repo_id,
-        folder=folder,
+        "push_to_hub",
+        folder,
+        repo_id,
+        operations,
         token=token,
-        private=private,
-        commit_message=commit_message or f"Upload diffusers-memctl run {folder.resolve().name}",
-        create_pr=create_pr,
-        endpoint=endpoint,
-        retry_code=_retry_code("push_to_hub", folder.resolve(), repo_id, options, _PUSH_DEFAULTS),
+        options=options,
+        default_message=f"Upload diffusers-memctl run {folder.resolve().name}",
     )
 
 
@@ -771,13 +775,11 @@ def push_sweep_to_hub(
         "endpoint": endpoint,
     }
     return _commit(
-        operations=operations,
-        repo_id=repo_id,
-        folder=sweep_dir,
+        "push_sweep_to_hub",
+        sweep_dir,
+        repo_id,
+        operations,
         token=token,
-        private=private,
-        commit_message=commit_message or f"Upload diffusers-memctl sweep {sweep_dir.resolve().name}",
-        create_pr=create_pr,
-        endpoint=endpoint,
-        retry_code=_retry_code("push_sweep_to_hub", sweep_dir.resolve(), repo_id, options, _PUSH_DEFAULTS),
+        options=options,
+        default_message=f"Upload diffusers-memctl sweep {sweep_dir.resolve().name}",
     )

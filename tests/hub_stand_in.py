@@ -215,6 +215,18 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
                 return None
             return repo
 
+        def _commit_at(self, record: RecordedRequest, kind: str, repo_id: str, revision: str) -> _Commit | None:
+            """The commit a read request names; None once the failure, missing repo or revision has been answered."""
+            if self._failure(record, kind):
+                return None
+            repo = self._repo(record, repo_id)
+            if repo is None:
+                return None
+            commit = repo.resolve(revision)
+            if commit is None:
+                self._error(record, 404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            return commit
+
         # ---- verbs ----------------------------------------------------------------------------------------------
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             path, query, record = self._start()
@@ -346,14 +358,10 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             return self._send(record, 200, payload)
 
         def _info(self, record: RecordedRequest, repo_id: str, revision: str) -> None:
-            if self._failure(record, "info"):
-                return None
-            repo = self._repo(record, repo_id)
-            if repo is None:
-                return None
-            commit = repo.resolve(revision)
+            commit = self._commit_at(record, "info", repo_id, revision)
             if commit is None:
-                return self._error(record, 404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                return None
+            repo = hub.repos[repo_id]
             payload = {
                 "_id": commit.sha[:24],
                 "id": repo_id,
@@ -369,14 +377,9 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             return self._send(record, 200, payload)
 
         def _tree(self, record: RecordedRequest, repo_id: str, revision: str, prefix: str) -> None:
-            if self._failure(record, "tree"):
-                return None
-            repo = self._repo(record, repo_id)
-            if repo is None:
-                return None
-            commit = repo.resolve(revision)
+            commit = self._commit_at(record, "tree", repo_id, revision)
             if commit is None:
-                return self._error(record, 404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                return None
             recursive = record.query.get("recursive", ["False"])[0].lower() in ("1", "true")
             base = prefix.rstrip("/") + "/" if prefix else ""
             entries: dict[str, dict] = {}
@@ -399,15 +402,10 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             match = _RESOLVE.match(path)
             if not match:
                 return self._error(record, 404, f"stand-in: no {self.command} endpoint {path}")
-            if self._failure(record, "resolve"):
-                return None
             repo_id, revision, filename = unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"])
-            repo = self._repo(record, repo_id)
-            if repo is None:
-                return None
-            commit = repo.resolve(revision)
+            commit = self._commit_at(record, "resolve", repo_id, revision)
             if commit is None:
-                return self._error(record, 404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                return None
             if filename not in commit.files:
                 return self._error(
                     record, 404, f"Entry not found: {filename}", "EntryNotFound", **{"X-Repo-Commit": commit.sha}
