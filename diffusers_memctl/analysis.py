@@ -27,6 +27,7 @@ __all__ = [
     "pearson_with_ci",
     "rows_to_dataframe",
     "spearman",
+    "timestep_bin_losses",
 ]
 
 # Numbers reported in the paper (Sec. 4.2, Fig. 3 (c)/(d)); "distance" is the mean L2 distance between generated
@@ -411,6 +412,76 @@ def load_loss_histories(
                 records.append(record)
         histories[str(label)] = records
     return histories
+
+
+def timestep_bin_losses(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    rows: Any,
+    *,
+    tail_fraction: float = 0.25,
+) -> list[dict[str, Any]]:
+    """Each cell's training loss on the same timesteps: per timestep bin, over the last steps, seeds pooled.
+
+    The total training loss of two cells does not compare them: each averages over the timesteps its own sampler
+    draws, and the epsilon-prediction loss falls steeply with t (at high noise `x_t` is nearly the noise itself), so
+    a cell trained on late timesteps reports a low loss without having learned more. The paper's ECG loss curves
+    (Sec. 5.2, Fig. 7) compare exactly those totals. `loss_history.jsonl` keeps, per optimizer step, the mean loss
+    in each tenth of the timestep axis and how many draws fell there; pooled over the last `tail_fraction` of the
+    steps of every seed, they give each cell's loss on fixed timesteps, comparable across cells and with the uniform
+    baseline.
+
+    Args:
+        histories (`Mapping[str, list[dict]]`):
+            `loss_history.jsonl` records keyed like the rows' `run_dir` (see [`load_loss_histories`]).
+        rows (`list[dict]` or `pandas.DataFrame`):
+            Result rows; rows without a history are left out.
+        tail_fraction (`float`, defaults to `0.25`):
+            Share of the last logged steps of each run to pool, in `(0, 1]`.
+
+    Returns:
+        `list[dict]`: One entry per cell, in row order: `cell`, `timestep_sampling`, `ci_lower`, `ci_upper`,
+        `ci_mean`, `ci_width`, `n_runs`, `bin_losses` (count-weighted mean loss per bin, `None` where no timestep of
+        that bin was drawn) and `bin_counts`.
+    """
+    if not 0.0 < float(tail_fraction) <= 1.0:
+        raise ValueError(f"tail_fraction must be in (0, 1]; got {tail_fraction!r}")
+    cells: dict[str, dict[str, Any]] = {}
+    for row in _as_records(rows):
+        records = [r for r in histories.get(str(row.get("run_dir")), []) if r.get("bin_losses") is not None]
+        if not records:
+            continue
+        tail = records[-max(1, math.ceil(len(records) * float(tail_fraction))) :]
+        width = len(tail[0]["bin_losses"])
+        key = _cell_key(row)
+        entry = cells.setdefault(
+            key,
+            {
+                "cell": key,
+                "timestep_sampling": row.get("timestep_sampling"),
+                **{k: _num(row.get(k)) for k in ("ci_lower", "ci_upper", "ci_mean", "ci_width")},
+                "n_runs": 0,
+                "_sums": np.zeros(width),
+                "bin_counts": np.zeros(width, dtype=np.int64),
+            },
+        )
+        if len(entry["_sums"]) != width:
+            raise ValueError(f"cell {key}: runs log {len(entry['_sums'])} and {width} timestep bins")
+        entry["n_runs"] += 1
+        for record in tail:
+            losses, counts = record["bin_losses"], record.get("bin_counts") or [1] * width
+            if len(losses) != width or len(counts) != width:
+                raise ValueError(f"run {row.get('run_dir')}: step {record.get('step')} does not log {width} bins")
+            for k, (loss, count) in enumerate(zip(losses, counts)):
+                if loss is not None and count:
+                    entry["_sums"][k] += float(loss) * int(count)
+                    entry["bin_counts"][k] += int(count)
+    result = []
+    for entry in cells.values():
+        sums, counts = entry.pop("_sums"), entry["bin_counts"]
+        entry["bin_losses"] = [float(s / c) if c else None for s, c in zip(sums, counts)]
+        entry["bin_counts"] = [int(c) for c in counts]
+        result.append(entry)
+    return _json_safe(result)
 
 
 def rows_to_dataframe(rows: Any):

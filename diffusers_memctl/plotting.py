@@ -35,6 +35,7 @@ __all__ = [
     "plot_pca_scatter",
     "plot_sampling_distributions",
     "plot_signal_overlay",
+    "plot_timestep_bin_losses",
     "save_figure",
     "write_sweep_report",
 ]
@@ -788,6 +789,69 @@ def plot_loss_history(records: Sequence[Mapping[str, Any]], *, num_bins: int = 1
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _bin_loss_ratios(entries: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], np.ndarray, bool]:
+    """CI cells (by width, then mean) and their bin losses, divided by the uniform baseline's where there is one."""
+    baseline = next((e for e in entries if e.get("timestep_sampling") == "uniform"), None)
+    cells = sorted(
+        (e for e in entries if e.get("timestep_sampling") == "ci_normal"),
+        key=lambda e: (e.get("ci_width") or 0.0, e.get("ci_mean") or 0.0),
+    )
+    values = np.array([[np.nan if v is None else v for v in e["bin_losses"]] for e in cells], dtype=np.float64)
+    if baseline is not None and values.size:
+        reference = np.array([np.nan if v is None else v for v in baseline["bin_losses"]], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = values / reference[None, :]
+    return cells, values, baseline is not None
+
+
+def plot_timestep_bin_losses(entries: Sequence[Mapping[str, Any]], *, num_train_timesteps: int = 1000) -> Figure:
+    """Each CI cell's end-of-training loss per timestep bin, relative to the uniform baseline on the same bins.
+
+    Cells are rows (sorted by width, then mean), timestep bins columns; colour and number give the loss ratio to the
+    uniform run (log colour scale, 1 = same loss; raw losses when there is no uniform baseline). This compares cells
+    on the same timesteps, which their total losses do not (see [`~diffusers_memctl.analysis.timestep_bin_losses`]).
+
+    Args:
+        entries (`list[dict]`):
+            Output of [`~diffusers_memctl.analysis.timestep_bin_losses`].
+        num_train_timesteps (`int`, defaults to `1000`):
+            T, for the bin labels.
+
+    Returns:
+        `matplotlib.figure.Figure`
+    """
+    from matplotlib.colors import LogNorm
+
+    cells, values, relative = _bin_loss_ratios(entries)
+    if not cells:
+        raise ValueError("no ci_normal cell among the entries: nothing to draw")
+    num_bins = values.shape[1]
+    fig = _new_figure(1.0 + 0.75 * num_bins, 1.2 + 0.32 * len(cells))
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values) & (values > 0)]
+    if relative and finite.size:
+        spread = float(max(np.max(np.abs(np.log10(finite))), 0.05))
+        norm = LogNorm(vmin=10**-spread, vmax=10**spread)
+        cmap = "RdBu_r"
+    else:
+        norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size else None
+        cmap = "viridis"
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, norm=norm)
+    for i in range(len(cells)):
+        for k in range(num_bins):
+            if np.isfinite(values[i, k]):
+                ax.text(k, i, f"{values[i, k]:.2g}", ha="center", va="center", fontsize=7)
+    edges = np.linspace(0, num_train_timesteps, num_bins + 1)
+    ax.set_xticks(range(num_bins), [f"{edges[k]:.0f}-{edges[k + 1]:.0f}" for k in range(num_bins)], rotation=45)
+    ax.set_yticks(range(len(cells)), [f"[{_tick_label(c['ci_lower'])}, {_tick_label(c['ci_upper'])}]" for c in cells])
+    ax.set_xlabel("timestep bin")
+    ax.set_ylabel("CI cell [t_lower, t_upper]")
+    label = "loss / uniform baseline's loss" if relative else "loss"
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title("Training loss on the same timesteps (end of training, seeds pooled)")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Write a figure as PNG (creating the parent folder) and close it.
 
@@ -925,6 +989,32 @@ def write_sweep_report(
         for metric in metrics:
             lines.append(
                 f"| {metric} | {_mean_std(baseline.get(metric))} | {(baseline.get(metric) or {}).get('n', 0)} |"
+            )
+        lines.append("")
+
+    bin_entries = analysis.get("timestep_bin_losses") or []
+    if any(e.get("timestep_sampling") == "ci_normal" for e in bin_entries):
+        cells, values, relative = _bin_loss_ratios(bin_entries)
+        num_bins = values.shape[1]
+        lines += ["## Loss on the same timesteps", ""]
+        lines.append(
+            "Total training losses do not compare cells: each averages over the timesteps its own sampler draws, and "
+            "the loss falls steeply with t. Below, each cell's loss per tenth of the timestep axis over the last 25% "
+            "of its steps (seeds pooled)"
+            + (
+                ", divided by the uniform baseline's loss on the same bin (< 1: lower than uniform)."
+                if relative
+                else "."
+            )
+        )
+        lines.append("")
+        lines.append("| cell | " + " | ".join(f"bin {k}" for k in range(num_bins)) + " |")
+        lines.append("|" + "---|" * (num_bins + 1))
+        for cell, row in zip(cells, values):
+            lines.append(
+                f"| [{_fmt(cell.get('ci_lower'), 'g')}, {_fmt(cell.get('ci_upper'), 'g')}] | "
+                + " | ".join(_fmt(v if np.isfinite(v) else None, ".3g") for v in row)
+                + " |"
             )
         lines.append("")
 

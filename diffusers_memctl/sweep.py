@@ -418,7 +418,7 @@ def write_sweep_analysis(
     make_plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``sweep_results.csv``, ``analysis.json``, ``figures/`` and ``REPORT.md`` for result rows."""
-    from .analysis import analyze_sweep
+    from .analysis import analyze_sweep, timestep_bin_losses
     from .plotting import write_sweep_report
     from .training import write_json_atomic
 
@@ -426,6 +426,8 @@ def write_sweep_analysis(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "sweep_results.csv", rows)
     analysis = analyze_sweep(rows)
+    if histories:
+        analysis["timestep_bin_losses"] = timestep_bin_losses(histories, rows)
     write_json_atomic(out_dir / "analysis.json", analysis)
     figures = _sweep_figures(out_dir, rows, histories or {}, num_train_timesteps) if make_plots else {}
     write_sweep_report(out_dir, rows, analysis, figures)
@@ -495,6 +497,7 @@ def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1
 def _sweep_figures(
     sweep_dir: Path, rows: list[dict], histories: dict, num_train_timesteps: int | None
 ) -> dict[str, Path]:
+    from .analysis import timestep_bin_losses
     from .plotting import (
         plot_loss_curves_by_width,
         plot_metric_heatmap,
@@ -502,6 +505,7 @@ def _sweep_figures(
         plot_metric_vs_width,
         plot_pca_distances_vs_mean,
         plot_sampling_distributions,
+        plot_timestep_bin_losses,
         save_figure,
     )
     from .timestep_sampling import ci_normal_timestep_probs
@@ -536,6 +540,11 @@ def _sweep_figures(
         figures["Loss curves by CI width"] = save_figure(
             plot_loss_curves_by_width(histories, rows), out / "loss_curves_by_width.png"
         )
+        bin_losses = timestep_bin_losses(histories, rows)
+        if ci_rows and any(e["timestep_sampling"] == "ci_normal" for e in bin_losses):
+            figures["Loss on the same timesteps"] = save_figure(
+                plot_timestep_bin_losses(bin_losses, num_train_timesteps=T), out / "timestep_bin_losses.png"
+            )
     # Drop anything a previous, larger report left behind.
     for stale in out.glob("*.png"):
         if stale not in figures.values():

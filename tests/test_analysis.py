@@ -12,6 +12,7 @@ from diffusers_memctl.analysis import (
     pearson_with_ci,
     rows_to_dataframe,
     spearman,
+    timestep_bin_losses,
 )
 
 GRID = range(0, 1001, 200)
@@ -274,3 +275,44 @@ def test_load_loss_histories(tmp_path):
     (tmp_path / "c" / "loss_history.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "lo\n')
     with pytest.raises(ValueError, match=":2"):
         load_loss_histories([tmp_path / "c"])
+
+
+def _bin_record(step, losses, counts):
+    return {"step": step, "loss": 0.0, "bin_losses": losses, "bin_counts": counts}
+
+
+def test_timestep_bin_losses_pool_the_last_steps_of_every_seed_by_count():
+    rows = [
+        {
+            "cell": "ci-0-500",
+            "timestep_sampling": "ci_normal",
+            "ci_lower": 0,
+            "ci_upper": 500,
+            "seed": s,
+            "run_dir": f"r{s}",
+        }
+        for s in (0, 1)
+    ] + [{"cell": "uniform", "timestep_sampling": "uniform", "seed": 0, "run_dir": "u0"}]
+    histories = {
+        # 8 steps each: with tail_fraction 0.25 only steps 6 and 7 count; steps 0-5 carry a loss that must not leak in.
+        "r0": [_bin_record(i, [9.0, 9.0], [1, 1]) for i in range(6)]
+        + [_bin_record(6, [1.0, None], [2, 0]), _bin_record(7, [4.0, 3.0], [1, 3])],
+        "r1": [_bin_record(i, [9.0, 9.0], [1, 1]) for i in range(6)]
+        + [_bin_record(6, [2.0, 5.0], [1, 1]), _bin_record(7, [1.0, 1.0], [0, 1])],  # a zero count is ignored
+        "u0": [_bin_record(i, [0.5, 0.25], [4, 4]) for i in range(8)],
+    }
+    out = timestep_bin_losses(histories, rows, tail_fraction=0.25)
+    assert [e["cell"] for e in out] == ["ci-0-500", "uniform"]
+    cell = out[0]
+    assert cell["n_runs"] == 2 and cell["bin_counts"] == [4, 5]
+    assert cell["bin_losses"][0] == pytest.approx((1.0 * 2 + 4.0 * 1 + 2.0 * 1) / 4)
+    assert cell["bin_losses"][1] == pytest.approx((3.0 * 3 + 5.0 * 1 + 1.0 * 1) / 5)
+    assert cell["ci_mean"] == 250.0 and cell["ci_width"] == 500.0
+    assert out[1]["bin_losses"] == [0.5, 0.25] and out[1]["bin_counts"] == [8, 8]
+    json.dumps(out)  # JSON-ready: written into analysis.json
+
+    # A bin never drawn is None, not 0; rows without a history are left out.
+    only = timestep_bin_losses({"u0": [_bin_record(0, [0.5, None], [4, 0])]}, rows)
+    assert only == [{**only[0], "bin_losses": [0.5, None], "bin_counts": [4, 0]}] and only[0]["cell"] == "uniform"
+    with pytest.raises(ValueError, match="tail_fraction"):
+        timestep_bin_losses(histories, rows, tail_fraction=0.0)

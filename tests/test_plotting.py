@@ -8,7 +8,7 @@ pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 
 from diffusers_memctl import plotting  # noqa: E402
-from diffusers_memctl.analysis import analyze_sweep  # noqa: E402
+from diffusers_memctl.analysis import analyze_sweep, timestep_bin_losses  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GRID = (0, 250, 500, 750, 1000)
@@ -111,6 +111,9 @@ def _figure_builders():
             rng.normal(size=(6, 2, 32)), rng.normal(size=(9, 2, 32)), max_items=4
         ),
         "loss_history": lambda: plotting.plot_loss_history(make_history(40, 0.1), smooth=4),
+        "timestep_bin_losses": lambda: plotting.plot_timestep_bin_losses(
+            timestep_bin_losses(make_histories(rows), rows)
+        ),
     }
 
 
@@ -257,3 +260,20 @@ def test_write_sweep_report(tmp_path):
     assert "-0.7388" in row and "[-0.8212, -0.6263]" in row  # the paper's numbers beside ours
     assert re.search(r"\| ci_0_1000 \| ci_normal \| 0 \| 1000 \| 500 \| 1000 \| 2 \|", text)
     assert "## Uniform baseline" in text
+
+
+def test_report_compares_cells_on_the_same_timesteps_relative_to_uniform(tmp_path):
+    rows = make_rows()
+    histories = make_histories(rows)
+    analysis = {**analyze_sweep(rows), "timestep_bin_losses": timestep_bin_losses(histories, rows)}
+    text = plotting.write_sweep_report(tmp_path, rows, analysis).read_text()
+    assert "## Loss on the same timesteps" in text and "divided by the uniform baseline's loss" in text
+    # make_history: bin k of a run logs base * (10 - k) / 10 with base = 0.2 - 1e-4 * mean (uniform: mean 500),
+    # so a cell's ratio to uniform is the same on every drawn bin: (0.2 - 1e-4 * mean) / 0.15.
+    row = next(line for line in text.splitlines() if line.startswith("| [0, 250] |"))
+    expected = f"{(0.2 - 1e-4 * 125) / 0.15:.3g}"
+    assert row.split(" | ")[1:4] == [expected] * 3
+    assert row.rstrip(" |").endswith("–")  # the last bin is never drawn in make_history
+
+    with pytest.raises(ValueError, match="no ci_normal cell"):
+        plotting.plot_timestep_bin_losses([e for e in analysis["timestep_bin_losses"] if e["cell"] == "uniform"])

@@ -282,17 +282,24 @@ def test_sweep_writes_every_file(sweep):
 
     analysis = json.loads((sweep_dir / "analysis.json").read_text())
     assert analysis["n_rows"] == 5 and analysis["n_ci_rows"] == 4 and analysis["baseline_cells"] == ["uniform"]
+    # Loss on the same timesteps: every run's logged bins, pooled; a cell on [0, 300] draws almost only bins 0-2.
+    bins = {entry["cell"]: entry for entry in analysis["timestep_bin_losses"]}
+    assert set(bins) == {r["cell"] for r in rows} and all(e["n_runs"] == 1 for e in bins.values())
+    low = bins["ci-0000-0300"]["bin_counts"]
+    assert sum(low[:3]) > 0.9 * sum(low) and bins["uniform"]["bin_losses"][0] is not None
 
     figures = sorted((sweep_dir / "figures").glob("*.png"))
-    assert {"sampling.png", "pca_vs_mean.png", "heatmap_mean_l2.png", "loss_curves_by_width.png"} <= {
-        p.name for p in figures
-    }
+    assert {
+        "sampling.png", "pca_vs_mean.png", "heatmap_mean_l2.png", "heatmap_nn_ratio_mean.png",
+        "loss_curves_by_width.png", "timestep_bin_losses.png",
+    } <= {p.name for p in figures}  # fmt: skip
     for path in figures:
         assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC, path
     report_md = (sweep_dir / "REPORT.md").read_text()
     linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report_md))
     assert linked == {f"figures/{p.name}" for p in figures}
     assert "ci-0600-1000" in report_md and "uniform" in report_md
+    assert "## Loss on the same timesteps" in report_md
 
 
 def test_analysis_correlations_match_scipy_on_the_csv(sweep):
