@@ -22,8 +22,10 @@ dataset_flags() {
     *) echo "unknown dataset $1" >&2; exit 2 ;;
   esac
 }
-pretrain_epochs() { case "$1" in ecg_*) echo 150 ;; *) echo 50 ;; esac; }
-finetune_epochs() { case "$1" in ecg_*) echo 30 ;; *) echo 8 ;; esac; }
+# Pokemon (RGB, 919 images = 15 steps an epoch) needs many more steps than digits before its samples stop being noise.
+pretrain_epochs() { case "$1" in ecg_*) echo 150 ;; pokemon) echo 300 ;; *) echo 50 ;; esac; }
+pretrain_lr() { case "$1" in pokemon) echo 5e-4 ;; *) echo 2e-4 ;; esac; }
+finetune_epochs() { case "$1" in ecg_*) echo 30 ;; pokemon) echo 15 ;; *) echo 8 ;; esac; }
 
 run_dataset() {
   local name="$1" flags; flags=$(dataset_flags "$name")
@@ -32,7 +34,7 @@ run_dataset() {
   if [ ! -f "$dir/pretrained/train_complete.json" ]; then
     # shellcheck disable=SC2086
     python training_scripts/train_memctl.py $flags "${COMMON[@]}" --output_dir "$dir/pretrained" \
-      --num_epochs "$(pretrain_epochs "$name")" --learning_rate 2e-4 --save_images_epochs 0 --seed 0 \
+      --num_epochs "$(pretrain_epochs "$name")" --learning_rate "$(pretrain_lr "$name")" --save_images_epochs 0 --seed 0 \
       --overwrite_output_dir
   fi
   local sweep=(--sweep_dir "$dir/sweep" --pretrained_run "$dir/pretrained" --grid_min 0 --grid_max 1000
