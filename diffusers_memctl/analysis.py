@@ -446,6 +446,8 @@ def timestep_bin_losses(
     if not 0.0 < float(tail_fraction) <= 1.0:
         raise ValueError(f"tail_fraction must be in (0, 1]; got {tail_fraction!r}")
     cells: dict[str, dict[str, Any]] = {}
+    sums: dict[str, np.ndarray] = {}  # per cell: sum of loss x count in each bin
+    counts: dict[str, np.ndarray] = {}
     for row in _as_records(rows):
         records = [r for r in histories.get(str(row.get("run_dir")), []) if r.get("bin_losses") is not None]
         if not records:
@@ -453,34 +455,33 @@ def timestep_bin_losses(
         tail = records[-max(1, math.ceil(len(records) * float(tail_fraction))) :]
         width = len(tail[0]["bin_losses"])
         key = _cell_key(row)
-        entry = cells.setdefault(
-            key,
-            {
+        if key not in cells:
+            cells[key] = {
                 "cell": key,
                 "timestep_sampling": row.get("timestep_sampling"),
                 **{k: _num(row.get(k)) for k in ("ci_lower", "ci_upper", "ci_mean", "ci_width")},
                 "n_runs": 0,
-                "_sums": np.zeros(width),
-                "bin_counts": np.zeros(width, dtype=np.int64),
-            },
-        )
-        if len(entry["_sums"]) != width:
-            raise ValueError(f"cell {key}: runs log {len(entry['_sums'])} and {width} timestep bins")
-        entry["n_runs"] += 1
+            }
+            sums[key], counts[key] = np.zeros(width), np.zeros(width, dtype=np.int64)
+        if len(sums[key]) != width:
+            raise ValueError(f"cell {key}: runs log {len(sums[key])} and {width} timestep bins")
+        cells[key]["n_runs"] += 1
         for record in tail:
-            losses, counts = record["bin_losses"], record.get("bin_counts") or [1] * width
-            if len(losses) != width or len(counts) != width:
+            losses, logged = record["bin_losses"], record.get("bin_counts") or [1] * width
+            if len(losses) != width or len(logged) != width:
                 raise ValueError(f"run {row.get('run_dir')}: step {record.get('step')} does not log {width} bins")
-            for k, (loss, count) in enumerate(zip(losses, counts)):
+            for k, (loss, count) in enumerate(zip(losses, logged)):
                 if loss is not None and count:
-                    entry["_sums"][k] += float(loss) * int(count)
-                    entry["bin_counts"][k] += int(count)
-    result = []
-    for entry in cells.values():
-        sums, counts = entry.pop("_sums"), entry["bin_counts"]
-        entry["bin_losses"] = [float(s / c) if c else None for s, c in zip(sums, counts)]
-        entry["bin_counts"] = [int(c) for c in counts]
-        result.append(entry)
+                    sums[key][k] += float(loss) * int(count)
+                    counts[key][k] += int(count)
+    result = [
+        {
+            **entry,
+            "bin_losses": [float(s / c) if c else None for s, c in zip(sums[key], counts[key])],
+            "bin_counts": [int(c) for c in counts[key]],
+        }
+        for key, entry in cells.items()
+    ]
     return _json_safe(result)
 
 

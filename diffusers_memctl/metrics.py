@@ -336,10 +336,6 @@ def _nn_ratios(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
     return np.divide(d1, d2, out=np.zeros_like(d1), where=d2 > 0)
 
 
-def _memorized_share(d1: np.ndarray, d2: np.ndarray, threshold: float) -> float:
-    return float(np.mean(_nn_ratios(d1, d2) < threshold))
-
-
 def _check_threshold(threshold: float) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
         raise ValueError(f"`threshold` must be a number in (0, 1], got {threshold!r}")
@@ -454,7 +450,7 @@ def memorized_fraction(
         raise ValueError(f"`training` must hold at least 2 samples for a distance ratio, got {train.shape[0]}")
     distances, _ = _nearest_neighbors(gen, train, 2, _check_chunk(chunk_size))
     d = distances.cpu().numpy()
-    return _memorized_share(d[:, 0], d[:, 1], threshold)
+    return float(np.mean(_nn_ratios(d[:, 0], d[:, 1]) < threshold))
 
 
 def nn_ratio(
@@ -849,8 +845,8 @@ def compute_metrics(
 ) -> dict[str, float]:
     """All evaluation metrics of one run under the flat names of `metrics.json`.
 
-    One nearest-neighbour pass (k = 2) serves `nn_l2_*`, `memorized_fraction` and `nn_ratio_*`; see the individual functions for
-    definitions and sources. PCA is fitted on the training samples.
+    One nearest-neighbour pass (k = 2) serves `nn_l2_*`, `memorized_fraction` and `nn_ratio_*`; see the individual
+    functions for definitions and sources. PCA is fitted on the training samples.
 
     Args:
         generated (`torch.Tensor` or `np.ndarray` of shape `(N, ...)`):
@@ -870,8 +866,9 @@ def compute_metrics(
 
     Returns:
         `dict[str, float]`: `nn_l2_mean`, `nn_l2_median`, `nn_l2_mean_per_dim`, `nn_l2_median_per_dim`, `mean_l2`,
-        `memorized_fraction`, `nn_ratio_mean`, `nn_ratio_median`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance` (k = 1..K),
-        `pca_frechet_distance`, and for signals `signal_js_mean`, `signal_js_median`.
+        `memorized_fraction`, `nn_ratio_mean`, `nn_ratio_median`, `pca_pc{k}_wasserstein_1`,
+        `pca_pc{k}_js_distance` (k = 1..K), `pca_frechet_distance`, and for signals `signal_js_mean`,
+        `signal_js_median`.
     """
     if modality not in ("image", "signal"):
         raise ValueError(f"`modality` must be 'image' or 'signal', got {modality!r}")
@@ -887,8 +884,8 @@ def compute_metrics(
     d = distances.cpu().numpy()
     metrics = {f"nn_l2_{key}": value for key, value in _nn_summary(d[:, 0], gen.shape[1]).items()}
     metrics["mean_l2"] = _mean_l2(gen, train, chunk_size)
-    metrics["memorized_fraction"] = _memorized_share(d[:, 0], d[:, 1], threshold)
     ratios = _nn_ratios(d[:, 0], d[:, 1])
+    metrics["memorized_fraction"] = float(np.mean(ratios < threshold))
     metrics["nn_ratio_mean"], metrics["nn_ratio_median"] = float(np.mean(ratios)), float(np.median(ratios))
     metrics.update(pca_distribution_distances(gen, train, n_components=n_components, bins=bins))
     if modality == "signal":

@@ -429,7 +429,11 @@ def write_sweep_analysis(
     if histories:
         analysis["timestep_bin_losses"] = timestep_bin_losses(histories, rows)
     write_json_atomic(out_dir / "analysis.json", analysis)
-    figures = _sweep_figures(out_dir, rows, histories or {}, num_train_timesteps) if make_plots else {}
+    figures = (
+        _sweep_figures(out_dir, rows, histories or {}, analysis.get("timestep_bin_losses", []), num_train_timesteps)
+        if make_plots
+        else {}
+    )
     write_sweep_report(out_dir, rows, analysis, figures)
     return {"rows": rows, "analysis": analysis, "figures": figures}
 
@@ -495,9 +499,8 @@ def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1
 
 
 def _sweep_figures(
-    sweep_dir: Path, rows: list[dict], histories: dict, num_train_timesteps: int | None
+    sweep_dir: Path, rows: list[dict], histories: dict, bin_losses: list[dict], num_train_timesteps: int | None
 ) -> dict[str, Path]:
-    from .analysis import timestep_bin_losses
     from .plotting import (
         plot_loss_curves_by_width,
         plot_metric_heatmap,
@@ -540,7 +543,6 @@ def _sweep_figures(
         figures["Loss curves by CI width"] = save_figure(
             plot_loss_curves_by_width(histories, rows), out / "loss_curves_by_width.png"
         )
-        bin_losses = timestep_bin_losses(histories, rows)
         if ci_rows and any(e["timestep_sampling"] == "ci_normal" for e in bin_losses):
             figures["Loss on the same timesteps"] = save_figure(
                 plot_timestep_bin_losses(bin_losses, num_train_timesteps=T), out / "timestep_bin_losses.png"

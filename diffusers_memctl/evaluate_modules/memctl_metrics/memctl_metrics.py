@@ -31,8 +31,8 @@ Args:
         Rows per chunk of the distance computations.
 Returns:
     `nn_l2_mean`, `nn_l2_median`, `nn_l2_mean_per_dim`, `nn_l2_median_per_dim`, `mean_l2`, `memorized_fraction`,
-    `nn_ratio_mean`, `nn_ratio_median`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance`, `pca_frechet_distance` and, for signals, `signal_js_mean`,
-    `signal_js_median` (all `float`).
+    `nn_ratio_mean`, `nn_ratio_median`, `pca_pc{k}_wasserstein_1`, `pca_pc{k}_js_distance`, `pca_frechet_distance`
+    and, for signals, `signal_js_mean`, `signal_js_median` (all `float`).
 Examples:
     >>> import evaluate
     >>> from diffusers_memctl import evaluate_base
