@@ -222,7 +222,7 @@ def evaluate_run(
     """
     from .args import DataArguments
     from .data import load_training_data
-    from .metrics import compute_metrics, pca_distribution_distances
+    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances, reference_metrics
 
     if num_samples < 2:
         raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
@@ -281,6 +281,15 @@ def evaluate_run(
         metrics.update(
             pca_distribution_distances(generated, training, pca_components, fit_on=pca_fit_on, bins=js_bins)
         )
+    # O(M^2) distances: cheap next to generation for the data sizes this is read on, skipped for very large sets.
+    reference = (
+        reference_metrics(training, memorization_threshold=memorization_threshold)
+        if 3 <= training.shape[0] <= 20000
+        else {}
+    )
+    heldout = getattr(training_data, "heldout", None)
+    if heldout is not None and heldout.shape[0] >= 2:
+        metrics.update(heldout_metrics(generated, training, heldout, generator=torch.Generator().manual_seed(seed)))
     timings["metrics_s"] = time.perf_counter() - tic
 
     report = {
@@ -297,8 +306,12 @@ def evaluate_run(
             "js_bins": js_bins,
             "memorization_threshold": memorization_threshold,
             "num_training_samples": int(training.shape[0]),
+            "num_heldout_samples": 0 if heldout is None else int(heldout.shape[0]),
         },
         "timings": timings,
+        # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
+        # against these).
+        "reference": reference,
         "run": {
             "run_dir": str(run_path),
             "modality": modality,

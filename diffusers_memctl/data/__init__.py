@@ -7,6 +7,7 @@ against exactly the data the run trained on.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,8 @@ __all__ = [
     "load_ucr_file",
     "preprocess_images",
     "random_flip",
+    "samples_fingerprint",
+    "select_training_subset",
 ]
 
 _UCR_SUFFIXES = (".txt", ".tsv", ".csv", ".ts", ".arff")
@@ -50,12 +53,16 @@ class TrainingData:
     Args:
         samples (`torch.Tensor`): float32 ``(N, C, H, W)`` images in [-1, 1] or ``(N, C, L)`` signals.
         modality (`str`): ``"image"`` or ``"signal"``.
-        info (`dict`): Provenance for ``training_config.json`` (source, counts, skipped images).
+        info (`dict`): Provenance for ``training_config.json`` (source, counts, skipped images, fingerprint, the
+            indices of a training subset).
+        heldout (`torch.Tensor`, *optional*): With a training subset, the loaded samples left out of it (same
+            preprocessing): data the model never saw, against which quality can be measured without rewarding copies.
     """
 
     samples: torch.Tensor
     modality: Literal["image", "signal"]
     info: dict[str, Any] = field(default_factory=dict)
+    heldout: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> list[int]:
@@ -97,8 +104,61 @@ def default_resolution(dataset_name: str | None) -> int:
     return 16 if dataset_name in (None, "digits") else 64
 
 
+def samples_fingerprint(samples: torch.Tensor) -> str:
+    """SHA-256 of the preprocessed samples (shape, dtype and bytes): the data a run trained on, in one string."""
+    tensor = samples.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{list(tensor.shape)}|{tensor.dtype}|".encode())
+    digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def select_training_subset(num_available: int, size: int, seed: int) -> list[int]:
+    """The sorted indices of a seeded random training subset of `size` out of `num_available` samples.
+
+    The subset is the training-set-size axis of the memorization study (Gu et al. 2023, arXiv 2310.02664: whether a
+    model memorizes depends on how many samples it must fit): a fixed seed gives the same subset on every machine and
+    torch version that keeps `torch.randperm`'s CPU stream, and the indices are recorded in ``training_config.json``.
+
+    Args:
+        num_available (`int`): Number of loaded samples to choose from.
+        size (`int`): Subset size, ``1 <= size <= num_available``.
+        seed (`int`): Seed of the draw (a `torch.Generator` of its own; no global RNG).
+
+    Returns:
+        `list[int]`: `size` distinct indices in increasing order.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"--train_subset_size must be a positive integer, got {size!r}")
+    if size > num_available:
+        raise ValueError(f"--train_subset_size {size} is larger than the {num_available} samples loaded")
+    generator = torch.Generator().manual_seed(int(seed))
+    return sorted(torch.randperm(num_available, generator=generator)[:size].tolist())
+
+
+def _apply_subset(data: TrainingData, data_args: Any) -> TrainingData:
+    size = getattr(data_args, "train_subset_size", None)
+    if size is not None:
+        seed = int(getattr(data_args, "train_subset_seed", 0) or 0)
+        total = data.samples.shape[0]
+        indices = select_training_subset(total, size, seed)
+        keep = torch.zeros(total, dtype=torch.bool)
+        keep[indices] = True
+        data.heldout = data.samples[~keep] if size < total else None
+        data.samples = data.samples[keep]
+        data.info.update(
+            num_available=total,
+            subset={"size": size, "seed": seed, "indices": indices, "num_heldout": total - size},
+        )
+    data.info["num_samples"] = int(data.samples.shape[0])
+    data.info["fingerprint"] = samples_fingerprint(data.samples)
+    return data
+
+
 def load_training_data(data_args: Any) -> TrainingData:
     """Load and preprocess the training samples described by a :class:`~diffusers_memctl.args.DataArguments`.
+
+    `max_train_samples` keeps the first N loaded samples; `train_subset_size` then draws a seeded random subset of
+    those (`train_subset_seed`) and keeps the rest as `heldout`.
 
     Args:
         data_args: An object with the fields of `DataArguments` (a dataclass instance or a namespace).
@@ -118,7 +178,7 @@ def load_training_data(data_args: Any) -> TrainingData:
         )
         if samples.shape[0] == 0:
             raise ValueError(f"signal dataset {data_args.dataset_name!r} with classes={data_args.classes!r} is empty")
-        return TrainingData(samples, "signal", {"num_samples": samples.shape[0]})
+        return _apply_subset(TrainingData(samples, "signal", {"num_samples": samples.shape[0]}), data_args)
     resolution = data_args.resolution or default_resolution(data_args.dataset_name)
     dataset, column = load_image_dataset(
         data_args.dataset_name if data_args.train_data_dir is None else None,
@@ -137,4 +197,4 @@ def load_training_data(data_args: Any) -> TrainingData:
         "num_skipped": processed.num_skipped,
         "skipped": [list(item) if isinstance(item, tuple) else item for item in processed.skipped[:20]],
     }
-    return TrainingData(processed.samples, "image", info)
+    return _apply_subset(TrainingData(processed.samples, "image", info), data_args)
