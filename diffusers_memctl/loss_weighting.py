@@ -20,6 +20,7 @@ __all__ = [
     "compute_snr",
     "importance_weights",
     "min_snr_weights",
+    "training_timestep_sampler",
     "p2_weights",
 ]
 
@@ -165,3 +166,17 @@ def compute_loss_weights(
             raise ValueError("loss_weighting='importance' needs the target distribution (importance_probs)")
         return importance_weights(importance_probs, timesteps)
     raise ValueError(f"unknown loss weighting {name!r}; choose one of {list(LOSS_WEIGHTINGS)}")
+
+
+def training_timestep_sampler(sampler: TimestepSampler, loss_weighting: str) -> TimestepSampler:
+    """The sampler that draws a run's training timesteps, given its configured sampler and loss weighting.
+
+    ``"importance"`` turns the configured sampler's ``P`` into weights ``T * P(k)`` applied under *uniform*
+    sampling (see [`importance_weights`]); drawing from ``P`` as well would emphasise ``P(k)^2``. Every other
+    weighting keeps the configured sampler.
+    """
+    if loss_weighting == "importance":
+        from .timestep_sampling import UniformTimestepSampler
+
+        return UniformTimestepSampler(sampler.num_train_timesteps)
+    return sampler

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
-from .loss_weighting import compute_loss_weights
+from .loss_weighting import compute_loss_weights, training_timestep_sampler
 from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 
 __all__ = [
@@ -496,6 +496,7 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
     samples = data.samples
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     sampler = scheduler.timestep_sampler
+    draw_sampler = training_timestep_sampler(sampler, s_args.loss_weighting)
     T = scheduler.config.num_train_timesteps
     progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
     start_time = time.perf_counter()
@@ -531,7 +532,7 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
             if t_args.channels_last and clean.ndim == 4:
                 clean = clean.contiguous(memory_format=torch.channels_last)
             noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(device)
-            timesteps = scheduler.sample_timesteps(clean.shape[0], generator=generator, device=device)
+            timesteps = draw_sampler.sample(clean.shape[0], generator=generator, device=device)
             noisy = scheduler.add_noise(clean, noise, timesteps)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
