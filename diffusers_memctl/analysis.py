@@ -55,7 +55,22 @@ PAPER_REFERENCE: dict[str, dict[str, Any]] = {
 
 # Columns of a result row that describe the run rather than measure it.
 _ID_COLUMNS = frozenset(
-    {"cell", "timestep_sampling", "seed", "run_dir", "num_train_timesteps", "dataset_name", "modality", "status"}
+    {
+        "cell",
+        "timestep_sampling",
+        "seed",
+        "run_dir",
+        "num_train_timesteps",
+        "dataset_name",
+        "modality",
+        "status",
+        "method",
+        "loss_weighting",
+        "group",
+        "train_subset_size",
+        "train_subset_seed",
+        "pretrain_seed",
+    }
 )
 
 
@@ -210,7 +225,8 @@ def _is_ci_row(row: Mapping[str, Any]) -> bool:
 
 
 def _is_baseline_row(row: Mapping[str, Any]) -> bool:
-    return row.get("timestep_sampling") == "uniform"
+    # Uniform sampling *and* no re-weighting: min-SNR and P2 runs also sample uniformly.
+    return row.get("timestep_sampling") == "uniform" and row.get("loss_weighting") in (None, "none")
 
 
 def _metric_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -218,7 +234,7 @@ def _metric_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
     names: list[str] = []
     for row in records:
         for key, value in row.items():
-            if key in names or key in _ID_COLUMNS or key.startswith("ci_"):
+            if key in names or key in _ID_COLUMNS or key.startswith(("ci_", "ref_")):
                 continue
             if _num(value) is not None:
                 names.append(key)

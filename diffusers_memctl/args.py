@@ -56,6 +56,12 @@ class DataArguments:
     center_crop: bool = _help("Center crop after resizing the short side (else resize to a square).", default=True)
     random_flip: bool = _help("Random horizontal flips of training images.", default=False)
     max_train_samples: int | None = _help("Keep the first N training samples.", default=None)
+    train_subset_size: int | None = _help(
+        "Train on a seeded random subset of N samples (after max_train_samples); the indices are recorded in "
+        "training_config.json and the rest is kept as held-out data for the evaluation.",
+        default=None,
+    )
+    train_subset_seed: int = _help("Seed of the train_subset_size draw.", default=0)
     cache_dir: str | None = _help("Cache folder for Hub datasets and models.", default=None)
 
 
@@ -102,6 +108,10 @@ class SamplingArguments:
     snr_gamma: float = _help("min_snr: gamma.", default=5.0)
     p2_k: float = _help("p2: k.", default=1.0)
     p2_gamma: float = _help("p2: gamma.", default=1.0)
+    method_name: str | None = _help(
+        "Name of the study method these settings implement (set by sweeps with --methods; recorded only).",
+        default=None,
+    )
 
 
 @dataclass
@@ -179,15 +189,36 @@ class SweepArguments:
     pretrain_learning_rate: float | None = _help(
         "Learning rate of that pretraining (default: learning_rate).", default=None
     )
+    pretrain_max_train_steps: int | None = _help(
+        "Optimizer steps of that pretraining (instead of --pretrain_epochs: the same compute at every training-set "
+        "size).",
+        default=None,
+    )
     grid_min: int = _help("Smallest interval end of the triangular grid.", default=0)
     grid_max: int | None = _help("Largest interval end (default: num_train_timesteps).", default=None)
     grid_step: int = _help("Grid spacing (paper: 100 -> 55 cells).", default=100)
     cells: str | None = _help("Explicit cells 'lo:hi,lo:hi' instead of the grid.", default=None)
+    methods: str | None = _help(
+        "Compare named methods instead of CI cells: comma-separated names of diffusers_memctl.methods.STUDY_METHODS "
+        "(uniform, ci_late, ci_mid, ci_narrow_late, ci_early, logit_normal_late, min_snr, p2, importance_ci_late), "
+        "'ci-LO-HI' for any interval, or 'all'.",
+        default=None,
+    )
     include_uniform: bool = _help("Add a uniform-sampling baseline cell.", default=True)
     seeds: str = _help("Comma-separated seeds; one run per cell and seed.", default="0")
     num_shards: int | None = _help("Split cells over N machines (default SLURM_ARRAY_TASK_COUNT or 1).", default=None)
     shard_index: int | None = _help("This machine's shard (default SLURM_ARRAY_TASK_ID or 0).", default=None)
     analyze_only: bool = _help("Only aggregate finished cells and write the analysis.", default=False)
+    train_subset_sizes: str | None = _help(
+        "Memorization study: comma-separated training-set sizes; each size x pretraining seed gets its own seeded "
+        "subset, uniform pretraining and fine-tunes in <sweep_dir>/n<size>-p<seed>/.",
+        default=None,
+    )
+    pretrain_seeds: str | None = _help(
+        "Memorization study: comma-separated seeds of the independent pretrainings (the replicates); each also "
+        "draws its own training subset.",
+        default=None,
+    )
 
 
 @dataclass

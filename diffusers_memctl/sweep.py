@@ -30,6 +30,7 @@ from typing import Any
 
 from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
+from .methods import STUDY_METHODS, apply_method, resolve_method
 
 __all__ = [
     "SweepCell",
@@ -65,21 +66,25 @@ _PER_CELL_KEYS = {
     "push_to_hub",
     "hub_model_id",
     "dry_run",
+    "method_name",
 }
 
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One run of a sweep: an interval (or the uniform baseline) and a seed."""
+    """One run of a sweep: an interval (or the uniform baseline), or a named method, and a seed."""
 
     timestep_sampling: str
     ci_lower: int | None
     ci_upper: int | None
     seed: int
+    method: str | None = None
 
     @property
     def cell(self) -> str:
-        """Self-explaining cell name, e.g. ``ci-0600-1000`` or ``uniform``."""
+        """Self-explaining cell name, e.g. ``ci-0600-1000``, ``uniform`` or a method name such as ``min_snr``."""
+        if self.method is not None:
+            return self.method
         if self.timestep_sampling == "uniform":
             return "uniform"
         return f"ci-{self.ci_lower:04d}-{self.ci_upper:04d}"
@@ -135,7 +140,9 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def build_cells(sweep: SweepArguments, num_train_timesteps: int) -> list[SweepCell]:
-    """Every (interval, seed) run of the sweep, validated against ``[0, T]``."""
+    """Every (interval, seed) run of the sweep, validated against ``[0, T]``; with ``--methods``, every (method, seed)."""
+    if getattr(sweep, "methods", None):
+        return _method_cells(sweep, num_train_timesteps)
     grid_max = sweep.grid_max if sweep.grid_max is not None else num_train_timesteps
     # `--cells ''` is a mistake to report, not a request for the full grid.
     if sweep.cells is not None:
@@ -151,6 +158,22 @@ def build_cells(sweep: SweepArguments, num_train_timesteps: int) -> list[SweepCe
     cells = [SweepCell("ci_normal", lo, hi, seed) for lo, hi in intervals for seed in seeds]
     if sweep.include_uniform:
         cells += [SweepCell("uniform", None, None, seed) for seed in seeds]
+    return cells
+
+
+def _method_cells(sweep: SweepArguments, num_train_timesteps: int) -> list[SweepCell]:
+    from .methods import parse_methods
+
+    if sweep.cells is not None:
+        raise ValueError("--methods and --cells both choose the runs of a sweep: pass one of them")
+    cells = []
+    for method in parse_methods(sweep.methods):
+        interval = method.ci_interval
+        if interval is not None and not 0 <= interval[0] < interval[1] <= num_train_timesteps:
+            raise ValueError(f"--methods: {method.name} needs 0 <= t_lower < t_upper <= {num_train_timesteps}")
+        lo, hi = (None, None) if interval is None else (int(interval[0]), int(interval[1]))
+        sampling = method.settings.get("timestep_sampling", "uniform")
+        cells += [SweepCell(sampling, lo, hi, seed, method=method.name) for seed in _parse_seeds(sweep.seeds)]
     return cells
 
 
@@ -226,24 +249,30 @@ def _pretrain(options: TrainingOptions, sweep: SweepArguments, target: Path) -> 
     if (target / TRAIN_COMPLETE_NAME).is_file():
         return
     pre = copy.deepcopy(options)
-    pre.sampling.timestep_sampling = "uniform"
+    pre.sampling = apply_method(pre.sampling, STUDY_METHODS["uniform"])
     pre.training.output_dir = str(target)
-    pre.training.num_epochs = sweep.pretrain_epochs
-    pre.training.max_train_steps = None
+    pre.training.num_epochs = sweep.pretrain_epochs or pre.training.num_epochs
+    pre.training.max_train_steps = getattr(sweep, "pretrain_max_train_steps", None)
     pre.training.learning_rate = sweep.pretrain_learning_rate or options.training.learning_rate
     pre.training.resume_from_checkpoint = "latest" if (target / "checkpoints").is_dir() else None
     pre.training.overwrite_output_dir = pre.training.resume_from_checkpoint is None
     pre.hub.push_to_hub = False
-    logger.info("pretraining with uniform sampling for %s epochs into %s", sweep.pretrain_epochs, target)
+    length = (
+        f"{pre.training.max_train_steps} steps" if pre.training.max_train_steps else f"{sweep.pretrain_epochs} epochs"
+    )
+    logger.info("pretraining with uniform sampling for %s into %s", length, target)
     run_training_job(pre)
 
 
 def cell_options(options: TrainingOptions, cell: SweepCell, run_dir: Path, pretrained: Path) -> TrainingOptions:
     """The training options of one cell: the shared settings plus the cell's sampler, seed and folders."""
     cell_opts = copy.deepcopy(options)
-    cell_opts.sampling.timestep_sampling = cell.timestep_sampling
-    cell_opts.sampling.ci_lower = cell.ci_lower
-    cell_opts.sampling.ci_upper = cell.ci_upper
+    if cell.method is not None:
+        cell_opts.sampling = apply_method(cell_opts.sampling, resolve_method(cell.method))
+    else:
+        cell_opts.sampling.timestep_sampling = cell.timestep_sampling
+        cell_opts.sampling.ci_lower = cell.ci_lower
+        cell_opts.sampling.ci_upper = cell.ci_upper
     cell_opts.training.seed = cell.seed
     cell_opts.training.output_dir = str(run_dir)
     cell_opts.model.pretrained_model_name_or_path = str(pretrained)
@@ -255,7 +284,7 @@ def cell_options(options: TrainingOptions, cell: SweepCell, run_dir: Path, pretr
     return cell_opts
 
 
-def run_sweep(options: TrainingOptions, sweep: SweepArguments) -> list[dict[str, Any]]:
+def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool = True) -> list[dict[str, Any]]:
     """Run this shard's unfinished cells, then aggregate every finished cell of the sweep folder.
 
     Args:
@@ -276,7 +305,9 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments) -> list[dict[str,
         return analyze_sweep_dir(sweep_dir)["rows"]
     mine = shard_cells(cells, sweep.num_shards, sweep.shard_index)
     pretrained = Path(sweep.pretrained_run) if sweep.pretrained_run else sweep_dir / PRETRAINED_DIR
-    pretrain_here = bool(sweep.pretrain_epochs) and not sweep.pretrained_run
+    pretrain_here = bool(sweep.pretrain_epochs or getattr(sweep, "pretrain_max_train_steps", None)) and not (
+        sweep.pretrained_run
+    )
     if not pretrain_here:
         # Checked before sweep_config.json pins the settings, so a mistyped path does not lock the folder.
         _check_pretrained_run(pretrained)
@@ -313,7 +344,7 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments) -> list[dict[str,
             logger.info("[%d/%d] %s: %s", index + 1, len(mine), cell.run_name, action)
             run_training_job(cell_opts, progress=False)
         state.wait_for_everyone()
-    if state.is_main_process:
+    if state.is_main_process and analyze:
         return analyze_sweep_dir(sweep_dir)["rows"]
     return []
 
@@ -338,23 +369,50 @@ def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
             continue
         config = json.loads((run_dir / "training_config.json").read_text())
         report = json.loads((run_dir / "metrics.json").read_text())
-        args = config["args"]
-        lo, hi = args.get("ci_lower"), args.get("ci_upper")
-        is_ci = args["timestep_sampling"] == "ci_normal"
-        row = {
-            "cell": SweepCell(args["timestep_sampling"], lo, hi, args["seed"]).cell if is_ci else "uniform",
-            "timestep_sampling": args["timestep_sampling"],
-            "ci_lower": lo if is_ci else None,
-            "ci_upper": hi if is_ci else None,
-            "ci_mean": (lo + hi) / 2 if is_ci else None,
-            "ci_width": hi - lo if is_ci else None,
-            "seed": args["seed"],
-            "run_dir": str(run_dir),
-            "final_loss": _final_loss(run_dir),
-            **report["metrics"],
-        }
-        rows.append(row)
+        rows.append(_result_row(run_dir, config, report))
     return rows
+
+
+def _result_row(run_dir: Path, config: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    args = config["args"]
+    lo, hi = args.get("ci_lower"), args.get("ci_upper")
+    weighting = args.get("loss_weighting") or "none"
+    # Only runs that *sample* from a CI interval enter the interval correlations; importance re-weighting with a CI
+    # distribution draws uniform timesteps.
+    is_ci = args["timestep_sampling"] == "ci_normal" and weighting == "none"
+    method = args.get("method_name")
+    if method is None:
+        method = SweepCell(args["timestep_sampling"], lo, hi, args["seed"]).cell if is_ci else "uniform"
+    subset = config.get("data", {}).get("subset") or {}
+    return {
+        "cell": method,
+        "method": method,
+        "timestep_sampling": args["timestep_sampling"],
+        "loss_weighting": weighting,
+        "ci_lower": lo if is_ci else None,
+        "ci_upper": hi if is_ci else None,
+        "ci_mean": (lo + hi) / 2 if is_ci else None,
+        "ci_width": hi - lo if is_ci else None,
+        "seed": args["seed"],
+        "train_subset_size": subset.get("size", config.get("data", {}).get("num_samples")),
+        "train_subset_seed": subset.get("seed"),
+        "pretrain_seed": _pretrain_seed(args.get("pretrained_model_name_or_path")),
+        "run_dir": str(run_dir),
+        "final_loss": _final_loss(run_dir),
+        **report["metrics"],
+        # The training set's own leave-one-out values, to read the metrics against.
+        **{f"ref_{key}": value for key, value in (report.get("reference") or {}).items()},
+    }
+
+
+def _pretrain_seed(source: str | None) -> int | None:
+    """The seed of the pretraining run a fine-tune started from (the replicate it belongs to), when it is local."""
+    if not source:
+        return None
+    try:
+        return int(json.loads((Path(source) / "training_config.json").read_text())["args"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -426,6 +484,14 @@ def write_sweep_analysis(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "sweep_results.csv", rows)
     analysis = analyze_sweep(rows)
+    # Every run of a sweep fine-tunes one pretrained model: its seeds are not independent replicates. Cell means
+    # (seeds averaged) are the honest unit for one pretraining; the run-level numbers above are kept for comparison.
+    cell_level = analyze_sweep(rows, unit="cell")
+    analysis["cell_level_correlations"] = cell_level["correlations"]
+    analysis["cell_level_note"] = (
+        "Pearson/Spearman over cell means (fine-tune seeds averaged first); 'correlations' treats every run as "
+        "independent, which overstates n when all runs share one pretrained model"
+    )
     if histories:
         analysis["timestep_bin_losses"] = timestep_bin_losses(histories, rows)
     write_json_atomic(out_dir / "analysis.json", analysis)

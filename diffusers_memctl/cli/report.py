@@ -1,4 +1,4 @@
-"""``python -m diffusers_memctl.cli.report``: rebuild a sweep's analysis, figures and REPORT.md.
+"""``python -m diffusers_memctl.cli.report``: rebuild a sweep's (or a study's) analysis, figures and REPORT.md.
 
 python -m diffusers_memctl.cli.report runs/digits-sweep                       # from the run folders
 python -m diffusers_memctl.cli.report runs/digits-sweep --export docs/x      # copy small results + report
@@ -11,6 +11,8 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from ..study import analyze_study_dir, export_study_results, is_study_dir
+    from ..study_report import report_from_study_csv
     from ..sweep import analyze_sweep_dir, export_sweep_results, report_from_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,7 +21,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--from_csv", action="store_true", help="Rebuild from sweep_results.csv and loss_histories/.")
     parser.add_argument("--num_train_timesteps", type=int, default=1000, help="T (with --from_csv).")
     args = parser.parse_args(argv)
-    if args.from_csv:
+    if is_study_dir(args.folder):
+        if args.from_csv:
+            result = report_from_study_csv(args.folder)
+        elif args.export:
+            result = export_study_results(args.folder, args.export)
+        else:
+            result = analyze_study_dir(args.folder)
+    elif args.from_csv:
         result = report_from_results(args.folder, num_train_timesteps=args.num_train_timesteps)
     elif args.export:
         result = export_sweep_results(args.folder, args.export)

@@ -16,13 +16,14 @@ from .train import GROUPS
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run this shard of the sweep and write the analysis; returns the result rows."""
+    from ..study import is_study, run_study
     from ..sweep import run_sweep
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     groups, _ = parse_arguments([*GROUPS, SweepArguments], argv, description=__doc__.splitlines()[0])
     *training_groups, sweep = groups
     options = TrainingOptions(*training_groups)
-    rows = run_sweep(options, sweep)
+    rows = run_study(options, sweep) if is_study(sweep) else run_sweep(options, sweep)
     if process_state().is_main_process:
         print(f"{len(rows)} evaluated runs in {sweep.sweep_dir}; report: {sweep.sweep_dir}/REPORT.md")
         if options.hub.push_to_hub:

@@ -1,0 +1,488 @@
+"""Tables, figures and ``REPORT.md`` of a memorization-regime study (see :mod:`diffusers_memctl.study`).
+
+Everything is rebuilt from result rows alone (``study_results.csv``), so an exported study folder regenerates its
+report without the run folders: ``python -m diffusers_memctl.cli.report STUDY_DIR --from_csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .replicates import method_contrasts, replicate_correlations, replicate_values, t_interval
+
+__all__ = [
+    "MEMORIZATION_METRICS",
+    "QUALITY_METRICS",
+    "plot_pareto",
+    "study_analysis",
+    "write_study_analysis",
+    "write_study_report",
+]
+
+#: Copy measures (lower `memorized_fraction` = fewer copies; higher `nn_ratio_mean` / `nn_l2_mean` = further from them).
+MEMORIZATION_METRICS = ("memorized_fraction", "nn_ratio_mean", "nn_l2_mean")
+#: Quality measures, lower = better. Only the held-out ones do not reward copying the training set.
+QUALITY_METRICS = (
+    "heldout_frechet_distance",
+    "heldout_frechet_gap_ratio",
+    "pca_frechet_distance",
+    "pca_pc1_wasserstein_1",
+    "signal_js_mean",
+    "mean_l2",
+)
+_METHOD_ORDER = (
+    "uniform",
+    "ci_late",
+    "ci_mid",
+    "ci_narrow_late",
+    "ci_early",
+    "logit_normal_late",
+    "min_snr",
+    "p2",
+    "importance_ci_late",
+)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    present = list(dict.fromkeys(str(r.get("method")) for r in rows))
+    return [m for m in _METHOD_ORDER if m in present] + [m for m in present if m not in _METHOD_ORDER]
+
+
+def _sizes(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    return sorted({int(r["train_subset_size"]) for r in rows if _num(r.get("train_subset_size")) is not None})
+
+
+def _present(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    return [m for m in names if any(_num(r.get(m)) is not None for r in rows)]
+
+
+def _references(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Per size, the mean over replicates of the training subsets' own leave-one-out values and the held-out floors."""
+    out: dict[int, dict[str, float]] = {}
+    for size in _sizes(rows):
+        at_size = [r for r in rows if _num(r.get("train_subset_size")) == size]
+        keys = {k for r in at_size for k in r if k.startswith("ref_")}
+        keys |= {"heldout_frechet_copier", "heldout_frechet_fresh"}
+        values = {}
+        for key in sorted(keys):
+            per_rep: dict[Any, float] = {}
+            for r in at_size:
+                if (v := _num(r.get(key))) is not None:
+                    per_rep.setdefault(r.get("pretrain_seed"), v)
+            if per_rep:
+                values[key] = float(np.mean(list(per_rep.values())))
+        out[size] = values
+    return out
+
+
+def study_analysis(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> dict[str, Any]:
+    """The content of a study's ``analysis.json``: counts, replicate table, contrasts and correlations."""
+    metrics = _present(rows, (*MEMORIZATION_METRICS, *QUALITY_METRICS, "final_loss"))
+    methods = _methods(rows)
+    ci_methods = sorted({str(r.get("method")) for r in rows if _num(r.get("ci_mean")) is not None})
+    return {
+        "schema_version": 1,
+        "unit_of_replication": "pretraining (pretrain_seed): fine-tune seeds are averaged within it first",
+        "confidence": confidence,
+        "sizes": _sizes(rows),
+        "methods": methods,
+        "n_runs": len(rows),
+        "n_replicates": {
+            str(size): len({r.get("pretrain_seed") for r in rows if _num(r.get("train_subset_size")) == size})
+            for size in _sizes(rows)
+        },
+        "references": {str(k): v for k, v in _references(rows).items()},
+        "replicate_values": replicate_values(rows, metrics),
+        "contrasts_vs_uniform": {m: method_contrasts(rows, m, confidence=confidence) for m in metrics},
+        "ci_correlations": {
+            "methods": ci_methods,
+            **{
+                f"{m}_vs_{v}": replicate_correlations(rows, m, v, confidence=confidence)
+                for m in metrics
+                for v in ("ci_mean", "ci_width")
+            },
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plot_pareto(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    copies_metric: str = "memorized_fraction",
+    quality_metric: str | None = None,
+    title: str | None = None,
+):
+    """Copies against quality, one point per method (mean over replicates, bars: t 95% interval), one panel per size.
+
+    The best corner is bottom-left: few copies, low held-out Frechet distance. Dashed lines mark what replaying the
+    training set would score (vertical) and the training subset's own share of near-duplicates (horizontal).
+    """
+    from .plotting import _new_figure
+
+    quality_metric = quality_metric or next(iter(_present(rows, ("heldout_frechet_distance", "pca_frechet_distance"))))
+    sizes = _sizes(rows)
+    methods = _methods(rows)
+    refs = _references(rows)
+    fig = _new_figure(4.6 * len(sizes), 4.4)
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
+    table = replicate_values(rows, [copies_metric, quality_metric])
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, size in zip(axes, sizes):
+        for method in methods:
+            reps = [r for r in table if r["train_subset_size"] == size and r["method"] == method]
+            xs = [r[quality_metric] for r in reps if r[quality_metric] is not None]
+            ys = [r[copies_metric] for r in reps if r[copies_metric] is not None]
+            if not xs or not ys:
+                continue
+            sx, sy = t_interval(xs), t_interval(ys)
+            xerr = None if sx["ci_high"] is None else [[sx["mean"] - sx["ci_low"]], [sx["ci_high"] - sx["mean"]]]
+            yerr = None if sy["ci_high"] is None else [[sy["mean"] - sy["ci_low"]], [sy["ci_high"] - sy["mean"]]]
+            marker = "s" if method == "uniform" else ("o" if method.startswith("ci_") else "^")
+            ax.errorbar(
+                sx["mean"],
+                sy["mean"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt=marker,
+                color=colors[method],
+                capsize=2,
+                label=method,
+                markersize=7 if method == "uniform" else 5,
+                alpha=0.9,
+            )
+            ax.annotate(method, (sx["mean"], sy["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ref = refs.get(size, {})
+        if quality_metric == "heldout_frechet_distance" and "heldout_frechet_copier" in ref:
+            ax.axvline(ref["heldout_frechet_copier"], color="0.4", ls="--", lw=0.8)
+        if f"ref_{copies_metric}" in ref:
+            ax.axhline(ref[f"ref_{copies_metric}"], color="0.4", ls=":", lw=0.8)
+        ax.set_title(f"{size} training samples", fontsize=9)
+        ax.set_xlabel(f"{quality_metric} (lower = better)", fontsize=8)
+        ax.set_ylabel(f"{copies_metric} (lower = fewer copies)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_metric_by_size(rows: Sequence[Mapping[str, Any]], metric: str):
+    """A metric against training-set size, one line per method (replicate means, bars: t 95% interval)."""
+    from .plotting import _new_figure
+
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.subplots()
+    table = replicate_values(rows, [metric])
+    for i, method in enumerate(_methods(rows)):
+        xs, ys, errs = [], [], []
+        for size in _sizes(rows):
+            vals = [r[metric] for r in table if r["train_subset_size"] == size and r["method"] == method]
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                continue
+            s = t_interval(vals)
+            xs.append(size)
+            ys.append(s["mean"])
+            errs.append(0.0 if s["ci_high"] is None else s["ci_high"] - s["mean"])
+        ax.errorbar(xs, ys, yerr=errs, label=method, marker="o", ms=3, capsize=2, lw=1, color=f"C{i % 10}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training samples")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=6)
+    return fig
+
+
+def _study_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    from .plotting import save_figure
+
+    figures_dir = out_dir / "figures"
+    figures: dict[str, Path] = {}
+    figures["Copies vs held-out quality (Pareto)"] = save_figure(plot_pareto(rows), figures_dir / "pareto.png")
+    if "nn_ratio_mean" in _present(rows, ["nn_ratio_mean"]):
+        figures["Distance ratio vs held-out quality"] = save_figure(
+            plot_pareto(rows, copies_metric="nn_ratio_mean"), figures_dir / "pareto_nn_ratio.png"
+        )
+    for metric in _present(rows, ("memorized_fraction", "heldout_frechet_distance")):
+        figures[f"{metric} by training-set size"] = save_figure(
+            plot_metric_by_size(rows, metric), figures_dir / f"by_size_{metric}.png"
+        )
+    for stale in figures_dir.glob("*.png"):
+        if stale not in figures.values():
+            stale.unlink()
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# REPORT.md
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _f(value: Any, spec: str = ".3g") -> str:
+    v = _num(value)
+    return "–" if v is None else format(v, spec)
+
+
+def _interval(entry: Mapping[str, Any], spec: str = "+.3g") -> str:
+    if entry.get("ci_low") is None:
+        return "–"
+    return f"[{format(entry['ci_low'], spec)}, {format(entry['ci_high'], spec)}]"
+
+
+def _contrast(analysis: Mapping[str, Any], metric: str, size: int, method: str) -> Mapping[str, Any] | None:
+    for entry in analysis["contrasts_vs_uniform"].get(metric, []):
+        if entry["train_subset_size"] == size and entry["method"] == method:
+            return entry
+    return None
+
+
+def _mean_of(analysis: Mapping[str, Any], metric: str, size: int, method: str) -> float | None:
+    vals = [
+        r[metric]
+        for r in analysis["replicate_values"]
+        if r["train_subset_size"] == size and r["method"] == method and r.get(metric) is not None
+    ]
+    return float(np.mean(vals)) if vals else None
+
+
+def _answer(analysis: Mapping[str, Any], late: str) -> list[str]:
+    lines = []
+    for size in analysis["sizes"]:
+        ref = analysis["references"].get(str(size), {})
+        uni = _mean_of(analysis, "memorized_fraction", size, "uniform")
+        lat = _mean_of(analysis, "memorized_fraction", size, late)
+        c = _contrast(analysis, "memorized_fraction", size, late)
+        if uni is None or lat is None or c is None:
+            continue
+        rl = c["replicate_level"]
+        n = rl["n"]
+        verdict = (
+            "a single measurement, no interval (one pretraining)"
+            if n < 2
+            else "fewer copies (the 95% interval excludes 0)"
+            if rl["ci_high"] is not None and rl["ci_high"] < 0
+            else "more copies (the 95% interval excludes 0)"
+            if rl["ci_low"] is not None and rl["ci_low"] > 0
+            else "no difference the interval can resolve"
+        )
+        lines.append(
+            f"- **{size} training samples**: uniform fine-tuning copies {100 * uni:.1f}% of its samples, `{late}` "
+            f"{100 * lat:.1f}% (difference {100 * rl['mean']:+.1f} points, 95% interval "
+            f"{_interval({k: (None if v is None else 100 * v) for k, v in rl.items()}, '+.1f')} over {n} "
+            f"pretrainings): {verdict}. The training subset itself has "
+            f"{100 * ref.get('ref_memorized_fraction', 0):.1f}% near-duplicates by the same test."
+        )
+    return lines
+
+
+def write_study_report(
+    out_dir: Path, rows: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any], figures: Mapping[str, Path]
+) -> Path:
+    """Write ``REPORT.md``: the plain answer first, then method x size tables, figures, correlations."""
+    methods = analysis["methods"]
+    late = "ci_late" if "ci_late" in methods else next((m for m in methods if m != "uniform"), "uniform")
+    n_reps = sorted(set(analysis["n_replicates"].values()))
+    lines = [
+        "# Memorization study",
+        "",
+        "## The answer",
+        "",
+        "A sample counts as a **copy** when its nearest training sample is less than a third as far as the second "
+        "nearest (`memorized_fraction`; Yoon et al. 2023, Gu et al. 2023). 0% means no sample is a near-duplicate "
+        "of one training sample. Each value is the mean over independent pretrainings (the replicate; fine-tune "
+        f"seeds are averaged inside it first); intervals are Student-t 95% intervals over {n_reps} pretrainings.",
+        "",
+        *_answer(analysis, late),
+        "",
+    ]
+    if n_reps == [1]:
+        lines += [
+            "**Caveat:** one pretraining and one fine-tune per method: every number above is a single measurement. "
+            "Whether the difference holds for another pretraining is what the replicated study answers "
+            '(docs/REPRODUCTION.md, "Memorization regime").',
+            "",
+        ]
+    elif any(n < 3 for n in n_reps):
+        lines += ["With fewer than 3 pretrainings per size the intervals are wide: read them with care.", ""]
+    lines += _copy_figures(out_dir, rows, late)
+    lines += _method_tables(analysis, rows)
+    for title, path in figures.items():
+        lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
+    lines += _correlation_section(analysis)
+    path = out_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -> list[str]:
+    """Nearest-neighbour figures (generated sample beside its nearest training sample) of uniform and `late` at the
+    smallest size and first replicate, when the run folders are there (not in an exported study)."""
+    sizes = _sizes(rows)
+    if not sizes:
+        return []
+    lines = []
+    first = [r for r in rows if _num(r.get("train_subset_size")) == sizes[0]]
+    replicate = min((r.get("pretrain_seed") for r in first), key=lambda v: (v is None, v), default=None)
+    for method in ("uniform", late):
+        run = next((r for r in first if r.get("method") == method and r.get("pretrain_seed") == replicate), None)
+        if run is None:
+            continue
+        figure = Path(str(run["run_dir"])) / "plots" / "nearest_neighbors.png"
+        if not figure.is_absolute():
+            figure = out_dir / figure
+        if figure.is_file():
+            link = Path(os.path.relpath(figure, out_dir)).as_posix()
+            lines += [
+                f"Generated samples (top) beside their nearest training sample (bottom), `{method}`, "
+                f"{sizes[0]} training samples:",
+                "",
+                f"![nearest neighbours, {method}]({link})",
+                "",
+            ]
+    return lines
+
+
+def _method_tables(analysis: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    sizes, methods = analysis["sizes"], analysis["methods"]
+    lines = ["## Method x training-set size", ""]
+    metrics = [m for m in (*MEMORIZATION_METRICS, *QUALITY_METRICS) if m in analysis["contrasts_vs_uniform"]]
+    for metric in metrics:
+        lines += [
+            f"### `{metric}`",
+            "",
+            "Mean over pretrainings; below it, the difference from uniform (paired within each pretraining) with "
+            "its 95% t interval.",
+            "",
+            "| method | " + " | ".join(f"n = {s}" for s in sizes) + " |",
+            "|---|" + "---|" * len(sizes),
+        ]
+        for method in methods:
+            cells = []
+            for size in sizes:
+                mean = _mean_of(analysis, metric, size, method)
+                c = _contrast(analysis, metric, size, method)
+                text = _f(mean)
+                if c is not None and c["replicate_level"]["mean"] is not None:
+                    rl = c["replicate_level"]
+                    mark = "*" if rl["ci_low"] is not None and (rl["ci_low"] > 0 or rl["ci_high"] < 0) else ""
+                    text += f"<br>{_f(rl['mean'], '+.3g')} {_interval(rl)}{mark}"
+                cells.append(text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        ref_key = f"ref_{metric}"
+        refs = [analysis["references"].get(str(s), {}).get(ref_key) for s in sizes]
+        if any(v is not None for v in refs):
+            lines.append("| *training subset (leave-one-out)* | " + " | ".join(_f(v) for v in refs) + " |")
+        if metric == "heldout_frechet_distance":
+            for key, label in (
+                ("heldout_frechet_copier", "replaying the training set"),
+                ("heldout_frechet_fresh", "fresh held-out data"),
+            ):
+                vals = [analysis["references"].get(str(s), {}).get(key) for s in sizes]
+                lines.append(f"| *{label}* | " + " | ".join(_f(v) for v in vals) + " |")
+        lines += ["", "`*`: the 95% interval of the difference excludes 0.", ""]
+    return lines
+
+
+def _correlation_section(analysis: Mapping[str, Any]) -> list[str]:
+    corr = analysis["ci_correlations"]
+    lines = [
+        "## CI-normal methods: metric vs interval mean and width",
+        "",
+        f"Over the CI-normal methods ({', '.join(corr['methods'])}). Replicate level: Pearson r per pretraining, "
+        "averaged as Fisher z with a t interval over pretrainings. Mixed model: slope per 100 timesteps with a "
+        "random intercept per pretraining, on every run. Run level: every run pooled as if independent "
+        "(pseudo-replicated; shown for comparison with the earlier reproduction only).",
+        "",
+        "| metric | variable | n | replicate-level r [95%] | mixed-model slope per 100 steps [95%] | run-level r [95%] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, entries in corr.items():
+        if key == "methods":
+            continue
+        for e in entries:
+            rl, mm, run = e["replicate_level"], e["mixed_model_slope"], e["run_level"]
+            if rl["n_replicates"] < 2 and mm["estimate"] is None:
+                continue
+            slope = (
+                "–"
+                if mm["estimate"] is None
+                else (f"{100 * mm['estimate']:+.3g} [{100 * mm['ci_low']:+.3g}, {100 * mm['ci_high']:+.3g}]")
+            )
+            lines.append(
+                f"| `{e['metric']}` | {e['variable']} | {e['train_subset_size']} | {_f(rl['r'], '+.2f')} "
+                f"{_interval(rl, '+.2f')} | {slope} | {_f(run.get('r'), '+.2f')} {_interval(run, '+.2f')} |"
+            )
+    if len(lines) == 6:
+        lines = lines[:2] + ["Too few CI-normal methods or pretrainings for a correlation.", ""]
+    return lines + [""]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, make_plots: bool = True) -> dict:
+    """Write ``study_results.csv`` (run folders relative to `out_dir`), ``analysis.json``, figures, ``REPORT.md``."""
+    from .analysis import _json_safe
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    for row in rows:
+        run_dir = Path(str(row.get("run_dir", "")))
+        if run_dir.is_absolute() and out_dir.resolve() in run_dir.resolve().parents:
+            row["run_dir"] = run_dir.resolve().relative_to(out_dir.resolve()).as_posix()
+    _write_rows(out_dir / "study_results.csv", rows)
+    analysis = _json_safe(study_analysis(rows))
+    tmp = out_dir / ".analysis.json.tmp"
+    tmp.write_text(json.dumps(analysis, indent=2))
+    tmp.replace(out_dir / "analysis.json")
+    figures = _study_figures(out_dir, rows) if make_plots else {}
+    write_study_report(out_dir, rows, analysis, figures)
+    return {"rows": rows, "analysis": analysis, "figures": figures}
+
+
+def report_from_study_csv(results_dir: str | Path) -> dict:
+    """Rebuild ``analysis.json``, figures and ``REPORT.md`` from an exported ``study_results.csv``."""
+    from .sweep import read_results_csv
+
+    results_dir = Path(results_dir)
+    rows = read_results_csv(results_dir / "study_results.csv")
+    for row in rows:
+        for key in ("train_subset_size", "pretrain_seed", "train_subset_seed"):
+            if _num(row.get(key)) is not None:
+                row[key] = int(row[key])
+    return write_study_analysis(results_dir, rows)
