@@ -179,7 +179,11 @@ def plot_metric_heatmap(
     ax.set_yticks(np.arange(len(uppers)), [_tick_label(v) for v in uppers])
     ax.set_xlabel("t_lower")
     ax.set_ylabel("t_upper")
-    fig.colorbar(image, ax=ax, label=metric)
+    finite_values = grid[np.isfinite(grid)]
+    constant = finite_values.size > 0 and float(finite_values.min()) == float(finite_values.max())
+    if not constant:
+        # A constant metric gets no colour bar: its scale would be an arbitrary +-0.1 around the value.
+        fig.colorbar(image, ax=ax, label=metric)
     if annotate and np.isfinite(grid).any():
         finite = grid[np.isfinite(grid)]
         mid = 0.5 * (finite.min() + finite.max())
@@ -187,11 +191,13 @@ def plot_metric_heatmap(
             # viridis-like maps are dark at the low end: white text there, black text above the middle.
             color = "black" if grid[i, j] > mid else "white"
             ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7, color=color)
-    title = f"{metric} over CI (mean over seeds, T={num_train_timesteps})"
+    title = f"{metric}\nmean over seeds, T = {num_train_timesteps}"
+    if constant:
+        title += f"; constant: {float(finite_values[0]):.3g} in every cell"
     baseline = _baseline_mean(records, metric)
     if baseline is not None:
         title += f"\nuniform baseline: {baseline:.3g}"
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -845,10 +851,14 @@ def plot_timestep_bin_losses(entries: Sequence[Mapping[str, Any]], *, num_train_
     ax.set_xticks(range(num_bins), [f"{edges[k]:.0f}-{edges[k + 1]:.0f}" for k in range(num_bins)], rotation=45)
     ax.set_yticks(range(len(cells)), [f"[{_tick_label(c['ci_lower'])}, {_tick_label(c['ci_upper'])}]" for c in cells])
     ax.set_xlabel("timestep bin")
-    ax.set_ylabel("CI cell [t_lower, t_upper]")
-    label = "loss / uniform baseline's loss" if relative else "loss"
-    fig.colorbar(image, ax=ax, label=label)
-    ax.set_title("Training loss on the same timesteps (end of training, seeds pooled)")
+    ax.set_ylabel("CI cell")
+    label = "loss / uniform's loss" if relative else "loss"
+    bar = fig.colorbar(image, ax=ax, label=label)
+    from matplotlib.ticker import FormatStrFormatter
+
+    bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+    bar.ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+    ax.set_title("Training loss on the same timesteps\n(end of training, seeds pooled)", fontsize=10)
     return fig
 
 
@@ -872,7 +882,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG files; got path {str(path)!r} with suffix {path.suffix!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=dpi)
+    # bbox_inches="tight" grows the canvas to fit long titles, rotated tick labels and colour-bar labels that the
+    # constrained layout alone would clip at the figure's edge.
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     # Figures built with the object API hold no global state; only pyplot-managed ones need closing.
     if getattr(fig.canvas, "manager", None) is not None:
         import matplotlib.pyplot as plt
@@ -901,6 +913,72 @@ def _mean_std(summary: Mapping[str, Any] | None) -> str:
     if not summary or summary.get("mean") is None:
         return "–"
     return _fmt(summary["mean"]) + ("" if summary.get("std") is None else f" ± {_fmt(summary['std'], '.2g')}")
+
+
+def _sweep_summary(records: Sequence[Mapping[str, Any]], analysis: Mapping[str, Any]) -> list[str]:
+    """Plain-language opening of a sweep report: copies per cell against the data's own reference."""
+    lines = ["## In short", ""]
+    cells = analysis.get("cells", [])
+    copies = [(c.get("cell"), (c.get("metrics", {}).get("memorized_fraction") or {}).get("mean")) for c in cells]
+    copies = [(name, v) for name, v in copies if v is not None]
+    reference = next(
+        (_num(r.get("ref_memorized_fraction")) for r in records if r.get("ref_memorized_fraction") is not None), None
+    )
+    ratio_ref = next(
+        (_num(r.get("ref_nn_ratio_mean")) for r in records if r.get("ref_nn_ratio_mean") is not None), None
+    )
+    seeds = sorted({int(s) for r in records if (s := _num(r.get("seed"))) is not None})
+    lines.append(
+        f"All {len(records)} runs fine-tune **one** pretrained model (seeds {seeds}): differences between cells "
+        "describe this pretraining only; a second pretraining may rank them differently."
+        + (" With one seed per cell every number is a single measurement." if len(seeds) < 2 else "")
+    )
+    lines.append("")
+    if copies:
+        listed = ", ".join(f"{name} {100 * v:.1f}%" for name, v in copies)
+        lines.append(
+            "**Copies** (`memorized_fraction`: share of generated samples whose nearest training sample is under a "
+            f"third as far as the second nearest; 0% = no near-duplicate of a training sample): {listed}."
+            + (
+                f" The training set's own share of near-duplicates is {100 * reference:.1f}%."
+                if reference is not None
+                else ""
+            )
+        )
+        if all(v == 0 for _, v in copies):
+            lines.append(
+                ""
+                "\nNo run copied: these models are not in a memorization regime, so the sweep measures distribution "
+                "metrics, not copying. `nn_ratio_mean` (1 = far from any single training sample"
+                + (f"; the data's own value {ratio_ref:.3f}" if ratio_ref is not None else "")
+                + ") shows whether samples drift toward training points."
+            )
+    return lines
+
+
+def _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis) -> list[str]:
+    level = round(100 * float(analysis.get("confidence", 0.95)))
+    lines = [
+        "Cell level: Pearson r over cell means (seeds averaged; the honest unit when every run shares one "
+        "pretrained model). Run level: every run as if independent (pseudo-replicated; comparable to the paper's "
+        "way of counting).",
+        "",
+        f"| metric | vs | r, cell means [{level}% CI] | p | n | r, runs [{level}% CI] | p | n | paper r | paper 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for metric in metrics:
+        for variable in ("ci_mean", "ci_width"):
+            run = correlations.get(metric, {}).get(variable, {}).get("pearson", {})
+            cell = cell_level.get(metric, {}).get(variable, {}).get("pearson", {})
+            ref = paper_by_key.get((metric, variable), {})
+            lines.append(
+                f"| {metric} | {variable} | {_fmt(cell.get('r'), '+.3f')} "
+                f"{_fmt_interval(cell.get('ci_low'), cell.get('ci_high'))} | {_fmt_p(cell.get('p_value'))} | "
+                f"{cell.get('n', '–')} | {_fmt(run.get('r'), '+.3f')} "
+                f"{_fmt_interval(run.get('ci_low'), run.get('ci_high'))} | {_fmt_p(run.get('p_value'))} | "
+                f"{run.get('n', '–')} | {_fmt(ref.get('r'), '+.4f')} | {_fmt_interval(ref.get('ci_low'), ref.get('ci_high'))} |"
+            )
+    return lines + [""]
 
 
 def write_sweep_report(
@@ -938,34 +1016,26 @@ def write_sweep_report(
     paper = analysis.get("paper_reference", {})
     paper_by_key = {(ref.get("metric"), ref.get("variable")): ref for ref in paper.values()}
 
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", *_sweep_summary(records, analysis), ""]
     lines.append(
         f"{analysis.get('n_rows', len(records))} result rows; {analysis.get('n_ci_rows', '?')} ci_normal runs over "
-        f"{analysis.get('n_cells', '?')} cells enter the correlations (unit: {analysis.get('unit', 'run')}); the "
-        "uniform baseline is excluded from them and listed separately."
+        f"{analysis.get('n_cells', '?')} cells enter the correlations; the uniform baseline is excluded from them and "
+        "listed separately."
     )
     lines.append("")
 
     lines += ["## Correlations", ""]
-    level = round(100 * float(analysis.get("confidence", 0.95)))
-    lines.append(
-        f"| metric | vs | Pearson r | {level}% CI (Fisher z) | p | n | Spearman rho | Spearman p | "
-        "paper r | paper 95% CI |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for metric in metrics:
-        for variable in ("ci_mean", "ci_width"):
-            entry = correlations.get(metric, {}).get(variable, {})
-            pearson, rank = entry.get("pearson", {}), entry.get("spearman", {})
-            ref = paper_by_key.get((metric, variable), {})
-            lines.append(
-                f"| {metric} | {variable} | {_fmt(pearson.get('r'), '+.4f')} | "
-                f"{_fmt_interval(pearson.get('ci_low'), pearson.get('ci_high'))} | {_fmt_p(pearson.get('p_value'))} | "
-                f"{pearson.get('n', '–')} | {_fmt(rank.get('rho'), '+.4f')} | {_fmt_p(rank.get('p_value'))} | "
-                f"{_fmt(ref.get('r'), '+.4f')} | {_fmt_interval(ref.get('ci_low'), ref.get('ci_high'))} |"
-            )
-    lines.append("")
-    if paper:
+    cell_level = analysis.get("cell_level_correlations") or {}
+    n_cells = int(analysis.get("n_cells") or 0)
+    if n_cells < 4:
+        lines += [
+            f"Only {n_cells} CI cell(s): too few for a correlation with the interval's mean or width (a Fisher-z "
+            "interval needs at least 4 cells); compare the cells in the table below instead.",
+            "",
+        ]
+    else:
+        lines += _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis)
+    if paper and n_cells >= 4:
         lines.append("Paper reference (arXiv 2601.21348):")
         lines.append("")
         for name, ref in paper.items():
