@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers  # the [features] extra, also part of [test]
 from PIL import Image
 
-transformers = pytest.importorskip("transformers", reason="the [features] extra (transformers) is part of [test]")
-
-from diffusers_memctl import features as features_module  # noqa: E402
-from diffusers_memctl.cli import train as train_cli  # noqa: E402
-from diffusers_memctl.features import (  # noqa: E402
+from diffusers_memctl import features as features_module
+from diffusers_memctl.cli import train as train_cli
+from diffusers_memctl.features import (
     FeatureCache,
     FeatureExtractor,
     embed_training_set,
