@@ -262,6 +262,7 @@ def test_training_script_writes_feature_metrics_card_and_figure(feature_run, bac
     assert (feature_run / "plots" / "replicated_pairs.png").read_bytes().startswith(b"\x89PNG")
     card = (feature_run / "README.md").read_text()
     assert "feature_replication_score" in card and "feature_frechet_distance" in card
+    assert f"embeddings of `{backbones['dinov2']}`" in card and "The training set's own values" in card
 
 
 def test_evaluate_script_with_a_clip_backbone(feature_run, backbones, tmp_path):
