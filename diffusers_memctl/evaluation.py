@@ -245,7 +245,9 @@ def evaluate_run(
     if feature_extractor:
         from .features import load_feature_extractor
 
-        extractor = load_feature_extractor(feature_extractor, modality=modality, device=device)
+        extractor = load_feature_extractor(
+            feature_extractor, modality=modality, device=device, replication_threshold=replication_threshold
+        )
     unet.to(device).eval()
 
     timings: dict[str, float] = {}

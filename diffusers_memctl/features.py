@@ -288,8 +288,15 @@ class FeatureExtractor:
         return torch.nn.functional.normalize(features, dim=1) if normalize else features
 
 
-def check_feature_extractor(name_or_path: str, modality: str, *, revision: str | None = None) -> BackboneSource:
-    """Fail at once (before training or generating) when a backbone cannot be used: signals, or files not found."""
+def check_feature_extractor(
+    name_or_path: str, modality: str, *, replication_threshold: float = 0.5, revision: str | None = None
+) -> BackboneSource:
+    """Fail at once (before training or generating) when the feature settings cannot work: signals, a threshold that
+    is no cosine similarity, or backbone files that are not found."""
+    if not isinstance(replication_threshold, (int, float)) or not -1.0 <= replication_threshold <= 1.0:
+        raise ValueError(
+            f"--replication_threshold must be a cosine similarity in [-1, 1], got {replication_threshold}"
+        )
     if modality != "image":
         raise ValueError(
             f"--feature_extractor {name_or_path} embeds images, but this run's data are {modality}s; leave it unset"
@@ -306,10 +313,13 @@ def load_feature_extractor(
     modality: str = "image",
     device: str | torch.device | None = None,
     revision: str | None = None,
+    replication_threshold: float = 0.5,
 ) -> FeatureExtractor:
     """[`FeatureExtractor.from_pretrained`] after [`check_feature_extractor`], reusing the last loaded backbone when
     its files did not change (the cells of a sweep)."""
-    source = check_feature_extractor(name_or_path, modality, revision=revision)
+    source = check_feature_extractor(
+        name_or_path, modality, replication_threshold=replication_threshold, revision=revision
+    )
     key = (str(source.path), source.revision, str(device))
     if key not in _LOADED:
         _LOADED.clear()  # one backbone in memory at a time

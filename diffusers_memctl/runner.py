@@ -48,7 +48,8 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
         from .features import check_feature_extractor
 
         # A missing backbone should stop the job now, not after training.
-        check_feature_extractor(options.evaluation.feature_extractor, data.modality)
+        e = options.evaluation
+        check_feature_extractor(e.feature_extractor, data.modality, replication_threshold=e.replication_threshold)
     result = train(options, data=data)
     report = None
     if not process_state().is_main_process:

@@ -156,6 +156,17 @@ def test_grayscale_equals_its_rgb_copy_and_batching_changes_nothing(backbones):
         extractor.embed(torch.zeros(2, 1, 16))
 
 
+def test_bfloat16_embeddings_agree_with_float32(backbones):
+    # The dtype a GPU gets by default; on the CPU here it runs the same cast path.
+    images = _images(6, channels=3)
+    full = FeatureExtractor.from_pretrained(str(backbones["dinov2"]), device="cpu").embed(images)
+    half = FeatureExtractor.from_pretrained(str(backbones["dinov2"]), device="cpu", dtype=torch.bfloat16)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    low = half.embed(images)
+    assert low.dtype == torch.float32
+    assert (low * full).sum(dim=1).min() > 0.99  # cosine similarity of the two embeddings of each image
+
+
 def test_hub_id_not_in_the_cache_fails_at_once_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError) as info:
@@ -307,6 +318,13 @@ def test_feature_extractor_on_signals_is_refused_before_training(tmp_path, share
             ]  # fmt: skip
         )
     assert not (tmp_path / "sig" / "training_config.json").exists()
+
+
+def test_bad_replication_threshold_is_refused_before_training(tmp_path, backbones):
+    flags = ["--feature_extractor", str(backbones["dinov2"]), "--replication_threshold", "1.5"]
+    with pytest.raises(ValueError, match=r"--replication_threshold must be a cosine similarity in \[-1, 1\], got 1.5"):
+        train_cli.main([*TINY_TRAIN_FLAGS, "--output_dir", str(tmp_path / "r"), *flags])
+    assert not (tmp_path / "r" / "training_config.json").exists()
 
 
 def test_missing_backbone_stops_training_before_it_starts(tmp_path, monkeypatch):
