@@ -245,6 +245,8 @@ class FeatureExtractor:
             "processor": processor,
             "model_class": type(self.model).__name__,
             "pooling": self.pooling,
+            # bf16 and float32 embeddings differ slightly: never mix them between the two sets of one comparison.
+            "dtype": str(self.dtype).removeprefix("torch."),
         }
 
     def cache_key(self, fingerprint: str) -> str:
@@ -381,15 +383,15 @@ class FeatureCache:
 
 
 _DEFAULT_CACHE = FeatureCache()
+_FOLDER_CACHES: dict[Path, FeatureCache] = {}
 
 
 def default_feature_cache(directory: str | os.PathLike | None = None) -> FeatureCache:
-    """The process's in-memory cache, or one backed by `directory` (shared between processes)."""
+    """The process's in-memory cache, or the one backed by `directory` (its files shared between processes)."""
     if directory is None:
         return _DEFAULT_CACHE
-    if _DEFAULT_CACHE.directory is None or _DEFAULT_CACHE.directory != Path(directory):
-        return FeatureCache(directory)
-    return _DEFAULT_CACHE
+    folder = Path(directory).expanduser().resolve()
+    return _FOLDER_CACHES.setdefault(folder, FeatureCache(folder))
 
 
 def embed_training_set(

@@ -246,19 +246,8 @@ def shutil_copy(src: Path, dst: Path) -> Path:
 def feature_run(tmp_path_factory, backbones) -> Path:
     """A tiny digits run at 8x8 trained and evaluated by the training script with the DINOv2 backbone."""
     out = tmp_path_factory.mktemp("feature-run") / "run"
-    train_cli.main(
-        [
-            *TINY_TRAIN_FLAGS,
-            "--output_dir",
-            str(out),
-            "--eval_num_samples",
-            "8",
-            "--num_inference_steps",
-            "2",
-            "--feature_extractor",
-            str(backbones["dinov2"]),
-        ]  # fmt: skip
-    )
+    flags = ["--eval_num_samples", "8", "--num_inference_steps", "2", "--feature_extractor", str(backbones["dinov2"])]
+    train_cli.main([*TINY_TRAIN_FLAGS, "--output_dir", str(out), *flags])
     return out
 
 
@@ -278,20 +267,12 @@ def test_training_script_writes_feature_metrics_card_and_figure(feature_run, bac
 
 def test_evaluate_script_with_a_clip_backbone(feature_run, backbones, tmp_path):
     run = shutil_copy(feature_run, tmp_path / "run")
+    flags = ["--eval_num_samples", "6", "--num_inference_steps", "2", "--no_plots", "--replication_threshold", "0.9"]
+    cache = tmp_path / "cache"
     report = evaluate_script(
-        [
-            str(run),
-            "--eval_num_samples",
-            "6",
-            "--num_inference_steps",
-            "2",
-            "--no_plots",
-            "--feature_extractor",
-            str(backbones["clip"]),
-            "--replication_threshold",
-            "0.9",
-        ]  # fmt: skip
+        [str(run), *flags, "--feature_extractor", str(backbones["clip"]), "--feature_cache_dir", str(cache)]
     )
+    assert len(list(cache.glob("*.safetensors"))) == 1  # the training set's embeddings
     assert FEATURE_KEYS <= set(report["metrics"])
     assert report["settings"]["features"]["pooling"] == "image_features"
     assert report["settings"]["features"]["replication_threshold"] == 0.9
@@ -300,23 +281,14 @@ def test_evaluate_script_with_a_clip_backbone(feature_run, backbones, tmp_path):
 
 
 def test_feature_extractor_on_signals_is_refused_before_training(tmp_path, shared_data):
+    flags = [
+        "--dataset_name", "ecg5000",
+        "--data_dir", str(shared_data / "ecg5000"),
+        "--model_preset", "tiny",
+        "--max_train_steps", "1",
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="embeds images, but this run's data are signals"):
-        train_cli.main(
-            [
-                "--dataset_name",
-                "ecg5000",
-                "--data_dir",
-                str(shared_data / "ecg5000"),
-                "--model_preset",
-                "tiny",
-                "--max_train_steps",
-                "1",
-                "--output_dir",
-                str(tmp_path / "sig"),
-                "--feature_extractor",
-                "x/y",
-            ]  # fmt: skip
-        )
+        train_cli.main([*flags, "--output_dir", str(tmp_path / "sig"), "--feature_extractor", "x/y"])
     assert not (tmp_path / "sig" / "training_config.json").exists()
 
 
@@ -344,27 +316,17 @@ def test_a_sweep_embeds_its_training_set_once(backbones, tmp_path, monkeypatch):
 
     monkeypatch.setattr(FeatureExtractor, "embed", counting_embed)
     monkeypatch.setattr(features_module, "_DEFAULT_CACHE", FeatureCache())  # nothing cached by earlier tests
-    rows = sweep_script(
-        [
-            *TINY_TRAIN_FLAGS,
-            "--sweep_dir",
-            str(tmp_path / "sweep"),
-            "--num_train_timesteps",
-            "100",
-            "--pretrain_epochs",
-            "1",
-            "--cells",
-            "0:50,50:100",
-            "--include_uniform",
-            "false",
-            "--eval_num_samples",
-            "5",
-            "--num_inference_steps",
-            "2",
-            "--feature_extractor",
-            str(backbones["dinov2"]),
-        ]  # fmt: skip
-    )
+    flags = [
+        "--sweep_dir", str(tmp_path / "sweep"),
+        "--num_train_timesteps", "100",
+        "--pretrain_epochs", "1",
+        "--cells", "0:50,50:100",
+        "--include_uniform", "false",
+        "--eval_num_samples", "5",
+        "--num_inference_steps", "2",
+        "--feature_extractor", str(backbones["dinov2"]),
+    ]  # fmt: skip
+    rows = sweep_script([*TINY_TRAIN_FLAGS, *flags])
     assert len(rows) == 2
     assert sizes.count(24) == 1  # the training set (24 digits), once for the whole sweep
     assert sizes.count(5) == 3  # the generated samples of the pretraining run and of each cell
