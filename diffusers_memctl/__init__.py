@@ -7,6 +7,7 @@ a 1D U-Net and pipeline for signals, memorization and distribution metrics, swee
 
 __version__ = "0.1.0"
 
+from .features import DEFAULT_FEATURE_EXTRACTOR, FeatureCache, FeatureExtractor
 from .loss_weighting import (
     LOSS_WEIGHTINGS,
     compute_loss_weights,
@@ -16,14 +17,19 @@ from .loss_weighting import (
     p2_weights,
 )
 from .metrics import (
+    compute_feature_metrics,
     compute_metrics,
+    density_coverage,
+    feature_reference_metrics,
     mean_l2,
     memorized_fraction,
     nearest_neighbors,
     nn_l2,
     nn_ratio,
     pca_distribution_distances,
+    precision_recall,
     reference_metrics,
+    replication_score,
     signal_js,
 )
 from .models import UNET_1D_PRESETS, UNET_2D_PRESETS, UNet1DMemCtlModel, create_unet_1d, create_unet_2d
@@ -44,6 +50,7 @@ from .timestep_sampling import (
 )
 
 __all__ = [
+    "DEFAULT_FEATURE_EXTRACTOR",
     "LOSS_WEIGHTINGS",
     "MEMCTL_CONFIG_DEFAULTS",
     "TIMESTEP_SAMPLERS",
@@ -51,6 +58,8 @@ __all__ = [
     "UNET_2D_PRESETS",
     "CINormalTimestepSampler",
     "DDPM1DPipeline",
+    "FeatureCache",
+    "FeatureExtractor",
     "MemCtlDDIMScheduler",
     "MemCtlDDPMScheduler",
     "MemorizationControlMixin",
@@ -60,12 +69,15 @@ __all__ = [
     "__version__",
     "ci_normal_parameters",
     "ci_normal_timestep_probs",
+    "compute_feature_metrics",
     "compute_loss_weights",
     "compute_metrics",
     "compute_snr",
     "create_timestep_sampler",
     "create_unet_1d",
     "create_unet_2d",
+    "density_coverage",
+    "feature_reference_metrics",
     "importance_weights",
     "mean_l2",
     "memorized_fraction",
@@ -75,6 +87,8 @@ __all__ = [
     "nn_ratio",
     "p2_weights",
     "pca_distribution_distances",
+    "precision_recall",
     "reference_metrics",
+    "replication_score",
     "signal_js",
 ]

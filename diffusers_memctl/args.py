@@ -165,6 +165,19 @@ class EvaluationArguments:
     memorization_threshold: float = _help(
         "Nearest/second-nearest ratio below which a sample is memorized.", default=1 / 3
     )
+    feature_extractor: str | None = _help(
+        "Vision backbone for feature-space metrics (replication, FD, precision/recall, density/coverage): a "
+        "transformers Hub id such as facebook/dinov2-small, or a local folder; off when omitted.",
+        default=None,
+    )
+    replication_threshold: float = _help(
+        "Cosine similarity at which a generated image counts as a replica of its most similar training image.",
+        default=0.5,
+    )
+    feature_cache_dir: str | None = _help(
+        "Folder for the training set's cached embeddings (shared by runs and shards); memory only when omitted.",
+        default=None,
+    )
 
 
 @dataclass

@@ -43,6 +43,9 @@ def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
         "pca_fit_on": e.pca_fit_on,
         "js_bins": e.js_bins,
         "memorization_threshold": e.memorization_threshold,
+        "feature_extractor": e.feature_extractor,
+        "replication_threshold": e.replication_threshold,
+        "feature_cache_dir": e.feature_cache_dir,
     }
 
 
@@ -196,6 +199,9 @@ def evaluate_run(
     make_plots: bool = True,
     progress: bool = True,
     training_data: Any = None,
+    feature_extractor: str | None = None,
+    replication_threshold: float = 0.5,
+    feature_cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """Generate `num_samples` from a run, compute every metric against its training data, write the report.
 
@@ -216,6 +222,10 @@ def evaluate_run(
         make_plots (`bool`, defaults to `True`): Write ``plots/*.png`` (needs matplotlib).
         progress (`bool`, defaults to `True`): Progress bars.
         training_data ([`~diffusers_memctl.data.TrainingData`], *optional*): Preloaded training data.
+        feature_extractor (`str`, *optional*): Vision backbone (Hub id or folder) for the feature metrics of
+            [`~diffusers_memctl.features.feature_report`]; checked before anything is generated.
+        replication_threshold (`float`, defaults to 0.5): Cosine similarity of a replica.
+        feature_cache_dir (`str`, *optional*): Folder caching the training set's embeddings.
 
     Returns:
         `dict`: The content of ``metrics.json``.
@@ -231,6 +241,13 @@ def evaluate_run(
     modality = config["modality"]
     unet, scheduler_config = load_run_pipeline(run_path, modality)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor = None
+    if feature_extractor:
+        from .features import load_feature_extractor
+
+        extractor = load_feature_extractor(
+            feature_extractor, modality=modality, device=device, replication_threshold=replication_threshold
+        )
     unet.to(device).eval()
 
     timings: dict[str, float] = {}
@@ -291,6 +308,17 @@ def evaluate_run(
     if heldout is not None and heldout.shape[0] >= 2:
         metrics.update(heldout_metrics(generated, training, heldout, generator=torch.Generator().manual_seed(seed)))
     timings["metrics_s"] = time.perf_counter() - tic
+    features = None
+    if extractor is not None:
+        from .features import default_feature_cache, feature_report
+
+        tic = time.perf_counter()
+        cache = default_feature_cache(feature_cache_dir)
+        features = feature_report(
+            generated, training, extractor, replication_threshold=replication_threshold, cache=cache
+        )
+        metrics.update(features.metrics)
+        timings["features_s"] = time.perf_counter() - tic
 
     report = {
         "schema_version": METRICS_SCHEMA_VERSION,
@@ -318,11 +346,18 @@ def evaluate_run(
             "sampler": config.get("sampler", {}),
         },
     }
+    if features is not None:
+        report["settings"]["features"] = features.settings
+        report["feature_reference"] = features.reference
     if make_plots:
         tic = time.perf_counter()
         write_evaluation_plots(
             run_path, generated, training, modality, pca_components, pca_fit_on, memorization_threshold
         )
+        if features is not None:
+            from .features import write_replication_figure
+
+            write_replication_figure(run_path / "plots" / "replicated_pairs.png", generated, training, features)
         timings["plots_s"] = time.perf_counter() - tic
     from .training import write_json_atomic
 

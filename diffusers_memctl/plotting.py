@@ -33,6 +33,7 @@ __all__ = [
     "plot_nn_distance_histogram",
     "plot_pca_distances_vs_mean",
     "plot_pca_scatter",
+    "plot_replicated_pairs",
     "plot_sampling_distributions",
     "plot_signal_overlay",
     "plot_timestep_bin_losses",
@@ -654,6 +655,72 @@ def plot_image_nn_grid(
         if dist is not None and index < dist.size:
             axes[2 * row, col].set_title(f"d={dist[index]:.3g}", fontsize=7)
     fig.suptitle("top: generated, bottom: nearest training sample", fontsize=10)
+    return fig
+
+
+def plot_replicated_pairs(
+    generated: Any,
+    matched: Any,
+    similarity: Any,
+    *,
+    threshold: float | None = 0.5,
+    ncols: int = 4,
+    train_indices: Any = None,
+) -> Figure:
+    """Generated images, each beside its most similar training image in feature space, with their similarity.
+
+    The figure of replication studies (Somepalli et al. 2023, https://arxiv.org/abs/2212.03860): pass the pairs of
+    highest cosine similarity first. Similarities at or above `threshold` (replicas) are titled in red.
+
+    Args:
+        generated (`np.ndarray` or `torch.Tensor`):
+            Generated images, shape `(N, C, H, W)` in `[-1, 1]`, `C` = 1 or 3.
+        matched (`np.ndarray` or `torch.Tensor`):
+            The most similar training image of each, same shape.
+        similarity (`np.ndarray`):
+            Cosine similarity of each pair, shape `(N,)`.
+        threshold (`float`, *optional*, defaults to `0.5`):
+            Replication threshold; `None` colours nothing.
+        ncols (`int`, defaults to `4`):
+            Pairs per row.
+        train_indices (`np.ndarray`, *optional*):
+            Index of each matched training image, shown above it.
+
+    Returns:
+        `matplotlib.figure.Figure`
+    """
+    gen = _to_numpy(generated, "generated")
+    near = _to_numpy(matched, "matched")
+    idx = None if train_indices is None else np.asarray(train_indices).ravel()
+    sim = _to_numpy(similarity, "similarity").ravel()
+    _check_images("generated", gen)
+    _check_images("matched", near)
+    if gen.shape != near.shape or sim.size != gen.shape[0]:
+        raise ValueError(
+            f"generated, matched and similarity must describe the same pairs; got shapes {gen.shape}, {near.shape} "
+            f"and {sim.shape}"
+        )
+    if gen.shape[0] == 0 or ncols < 1:
+        raise ValueError(f"need at least one pair and ncols >= 1; got {gen.shape[0]} pairs, ncols={ncols}")
+    rows, cols = _grid_shape(gen.shape[0], ncols)
+    fig = _new_figure(2.6 * cols, 1.5 * rows + 0.4)
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for index in range(gen.shape[0]):
+        row, col = divmod(index, cols)
+        for offset, images in enumerate((gen, near)):
+            image = np.clip((images[index] + 1.0) / 2.0, 0.0, 1.0)
+            ax = axes[row, 2 * col + offset]
+            if image.shape[0] == 1:
+                ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(np.transpose(image, (1, 2, 0)))
+        replica = threshold is not None and sim[index] >= threshold
+        axes[row, 2 * col].set_title(f"sim={sim[index]:.3f}", fontsize=7, color="red" if replica else "black")
+        label = "training" if idx is None else f"training #{int(idx[index])}"
+        axes[row, 2 * col + 1].set_title(label, fontsize=6, color="gray")
+    fig.suptitle("generated (left) beside its most similar training image (right)", fontsize=10)
     return fig
 
 

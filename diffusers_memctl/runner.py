@@ -44,6 +44,12 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
     from .data import load_training_data
 
     data = load_training_data(options.data)
+    if options.evaluation.feature_extractor and options.evaluation.eval_num_samples > 0:
+        from .features import check_feature_extractor
+
+        # A missing backbone should stop the job now, not after training.
+        e = options.evaluation
+        check_feature_extractor(e.feature_extractor, data.modality, replication_threshold=e.replication_threshold)
     result = train(options, data=data)
     report = None
     if not process_state().is_main_process:

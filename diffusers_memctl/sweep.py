@@ -435,6 +435,10 @@ REPORT_METRICS = (
     "nn_ratio_mean",
     "pca_pc1_wasserstein_1",
     "pca_frechet_distance",
+    "feature_replication_score",
+    "feature_frechet_distance",
+    "feature_precision",
+    "feature_recall",
     "final_loss",
 )
 

@@ -107,6 +107,9 @@ def _figure_builders():
         "image_grid_rgb": lambda: plotting.plot_image_nn_grid(
             rng.uniform(-1, 1, (5, 3, 8, 8)), rng.uniform(-1, 1, (5, 3, 8, 8)), ncols=3
         ),
+        "replicated_pairs": lambda: plotting.plot_replicated_pairs(
+            rng.uniform(-1, 1, (5, 3, 8, 8)), rng.uniform(-1, 1, (5, 3, 8, 8)), rng.uniform(0, 1, 5)
+        ),
         "signal_overlay": lambda: plotting.plot_signal_overlay(
             rng.normal(size=(6, 2, 32)), rng.normal(size=(9, 2, 32)), max_items=4
         ),
@@ -227,6 +230,22 @@ def test_image_grid_maps_range_and_orders_rows():
     np.testing.assert_allclose(shown[2], (nearest[0, 0] + 1) / 2)
     with pytest.raises(ValueError, match="C = 1 or 3"):
         plotting.plot_image_nn_grid(np.zeros((2, 2, 4, 4)), np.zeros((2, 2, 4, 4)))
+
+
+def test_replicated_pairs_put_each_match_beside_its_image_with_the_similarity():
+    rng = np.random.default_rng(0)
+    generated, matched = rng.uniform(-1, 1, (3, 1, 4, 4)), rng.uniform(-1, 1, (3, 1, 4, 4))
+    fig = plotting.plot_replicated_pairs(generated, matched, [0.9, 0.5, 0.2], ncols=2, train_indices=[7, 1, 4])
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 6
+    # row-major: generated 0, its match, generated 1, its match; then the second row
+    np.testing.assert_allclose(shown[0].images[0].get_array(), (generated[0, 0] + 1) / 2)
+    np.testing.assert_allclose(shown[1].images[0].get_array(), (matched[0, 0] + 1) / 2)
+    np.testing.assert_allclose(shown[4].images[0].get_array(), (generated[2, 0] + 1) / 2)
+    assert [shown[i].get_title() for i in (0, 1, 2, 4)] == ["sim=0.900", "training #7", "sim=0.500", "sim=0.200"]
+    assert shown[2].title.get_color() == "red" and shown[4].title.get_color() == "black"  # 0.5 >= tau: a replica
+    with pytest.raises(ValueError, match="same pairs"):
+        plotting.plot_replicated_pairs(generated, matched, [0.9, 0.5])
 
 
 def test_signal_overlay_draws_at_most_max_items():

@@ -327,3 +327,15 @@ def test_load_signal_dataset_argument_errors(tmp_path):
     (tmp_path / "a.xlsx").write_text("x")
     with pytest.raises(ValueError, match=r"unknown signal file extension '\.xlsx'"):
         load_signal_dataset(str(tmp_path / "a.xlsx"))
+
+
+def test_arff_through_scipy_keeps_quoted_labels_comments_and_line_numbers(tmp_path):
+    header = "@relation a\n@attribute 'first value' numeric\n@attribute b real\n@attribute target {'x y',z}\n@data\n"
+    path = _bad(tmp_path, "ok.arff", header + "# a comment\n0.5, -1,'x y'\n% another\n2,3e-2,z\n")
+    labels, values = load_ucr_file(path)
+    assert labels.tolist() == ["x y", "z"]
+    np.testing.assert_array_equal(values, np.array([[0.5, -1.0], [2.0, 0.03]], dtype=np.float32))
+    # scipy reads NaN without complaint; the reader names the line and column.
+    path = _bad(tmp_path, "nan.arff", header + "0.5,1,z\n\n1,NaN,z\n")
+    with pytest.raises(ValueError, match=r"nan.arff, line 8: column 2 is 'NaN'"):
+        load_ucr_file(path)

@@ -8,8 +8,9 @@ local UCR files, in any of the formats the archive and its mirrors use:
 - `.txt`: the original UCR format, whitespace separated, first column = class label.
 - `.tsv`: the 2018 UCR format, tab separated, first column = class label (`#` comment lines allowed).
 - `.csv`: comma separated, first column = class label (an all-text first row is taken as a header).
-- `.arff`: Weka ARFF as distributed by timeseriesclassification.com (`@attribute` lines, `@data`; the class is the
-  nominal attribute named `target`/`class`, otherwise the last nominal or last attribute).
+- `.arff`: Weka ARFF as distributed by timeseriesclassification.com, read by `scipy.io.arff` (the class is the
+  attribute named `target`/`class`/`label`, otherwise the last nominal or last attribute); our own scan of the file
+  only adds line numbers to errors and refuses what scipy cannot read (multivariate, sparse).
 - `.ts`: sktime's format (`@problemName ...`, `@data`, rows `v1,v2,...:label`; univariate only).
 
 `#` and `%` lines are comments in every format; blank lines are skipped. Missing values (`NaN`, `?`), ragged rows,
@@ -21,6 +22,7 @@ column of equal-length sequences; see `load_signal_dataset`.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -172,61 +174,98 @@ def _is_number(cell: str) -> bool:
 _ARFF_ATTRIBUTE = re.compile(r"@attribute\s+('[^']*'|\"[^\"]*\"|\S+)\s+(.+)$", re.IGNORECASE)
 
 
-def _read_arff(path: Path):
+def _arff_layout(path: Path) -> tuple[list[tuple[str, str, list[str] | None]], list[tuple[int, str]]]:
+    """Attribute declarations and the data lines with their line numbers.
+
+    The part of ARFF that `scipy.io.arff` does not give: line numbers for error messages, and clear refusals of what
+    it cannot read (relational/string/date attributes, sparse rows) or reads without complaint (no `@data`).
+    """
     attributes: list[tuple[str, str, list[str] | None]] = []  # (name, kind, nominal values)
-    labels, rows, line_numbers = [], [], []
+    data: list[tuple[int, str]] = []
     in_data = False
-    label_index = None
     for lineno, line in _data_lines(path):
-        lowered = line.lower()
-        if not in_data:
-            if lowered.startswith("@attribute"):
-                match = _ARFF_ATTRIBUTE.match(line)
-                if match is None:
-                    raise _error(path, lineno, f"cannot parse attribute declaration {line!r}")
-                name, kind = _strip_quotes(match.group(1)), match.group(2).strip()
-                if kind.startswith("{"):
-                    nominal = [_strip_quotes(value) for value in kind.strip("{}").split(",")]
-                    attributes.append((name, "nominal", nominal))
-                elif kind.lower() in ("numeric", "real", "integer"):
-                    attributes.append((name, "numeric", None))
-                else:
-                    raise _error(
-                        path,
-                        lineno,
-                        f"attribute {name!r} has type {kind!r}; only numeric and nominal attributes of univariate "
-                        "series are supported (relational = multivariate, string and date are not)",
-                    )
-            elif lowered.startswith("@data"):
-                if not attributes:
-                    raise _error(path, lineno, "@data before any @attribute declaration")
-                label_index = _arff_label_index(attributes)
-                in_data = True
-            elif not lowered.startswith("@relation"):
-                raise _error(
-                    path, lineno, f"unexpected header line {line[:60]!r}; expected @relation/@attribute/@data"
-                )
+        if in_data:
+            if line.startswith("{"):
+                raise _error(path, lineno, "sparse ARFF rows ({index value, ...}) are not supported")
+            data.append((lineno, line))
             continue
-        if line.startswith("{"):
-            raise _error(path, lineno, "sparse ARFF rows ({index value, ...}) are not supported")
-        cells = line.split(",")
-        if len(cells) != len(attributes):
-            raise _error(
-                path,
-                lineno,
-                f"{len(cells)} cells, but the header declares {len(attributes)} attributes; rows must not be ragged",
-            )
-        label = _strip_quotes(cells[label_index])
-        nominal = attributes[label_index][2]
-        if nominal is not None and label not in nominal:
-            raise _error(path, lineno, f"class label {label!r} is not one of the declared values {nominal}")
-        labels.append(label)
-        value_cells = cells[:label_index] + cells[label_index + 1 :]
-        rows.append(_parse_values(value_cells, path, lineno))
-        line_numbers.append(lineno)
+        lowered = line.lower()
+        if lowered.startswith("@attribute"):
+            attributes.append(_arff_attribute(path, lineno, line))
+        elif lowered.startswith("@data"):
+            if not attributes:
+                raise _error(path, lineno, "@data before any @attribute declaration")
+            in_data = True
+        elif not lowered.startswith("@relation"):
+            raise _error(path, lineno, f"unexpected header line {line[:60]!r}; expected @relation/@attribute/@data")
     if not in_data and attributes:
         raise ValueError(f"{path}: no @data section; an ARFF file needs @attribute lines followed by @data")
-    return labels, rows, line_numbers
+    return attributes, data
+
+
+def _arff_attribute(path: Path, lineno: int, line: str) -> tuple[str, str, list[str] | None]:
+    match = _ARFF_ATTRIBUTE.match(line)
+    if match is None:
+        raise _error(path, lineno, f"cannot parse attribute declaration {line!r}")
+    name, kind = _strip_quotes(match.group(1)), match.group(2).strip()
+    if kind.startswith("{"):
+        return name, "nominal", [_strip_quotes(value) for value in kind.strip("{}").split(",")]
+    if kind.lower() in ("numeric", "real", "integer"):
+        return name, "numeric", None
+    raise _error(
+        path,
+        lineno,
+        f"attribute {name!r} has type {kind!r}; only numeric and nominal attributes of univariate series are "
+        "supported (relational = multivariate, string and date are not)",
+    )
+
+
+def _arff_row_error(path: Path, attributes: list, label_index: int, lineno: int, line: str) -> ValueError | None:
+    """The first problem of one data line (ragged, undeclared class, missing or non-numeric value), if any."""
+    cells = line.split(",")
+    if len(cells) != len(attributes):
+        return _error(
+            path,
+            lineno,
+            f"{len(cells)} cells, but the header declares {len(attributes)} attributes; rows must not be ragged",
+        )
+    label, nominal = _strip_quotes(cells[label_index]), attributes[label_index][2]
+    if nominal is not None and label not in nominal:
+        return _error(path, lineno, f"class label {label!r} is not one of the declared values {nominal}")
+    try:
+        _parse_values(cells[:label_index] + cells[label_index + 1 :], path, lineno)
+    except ValueError as error:
+        return error
+    return None
+
+
+def _read_arff(path: Path):
+    """ARFF through `scipy.io.arff.loadarff`; our own scan only places its errors (and NaN/`?` values) on a line."""
+    import scipy.io.arff
+
+    attributes, data = _arff_layout(path)
+    if not data:
+        return [], [], []
+    label_index = _arff_label_index(attributes)
+    # `#` lines are comments in every format we read, but not for scipy: blank them (line numbers stay put).
+    with open(path, encoding="utf-8") as handle:
+        text = "".join("\n" if line.lstrip().startswith("#") else line for line in handle)
+    try:
+        table, meta = scipy.io.arff.loadarff(io.StringIO(text))
+    except (ValueError, IndexError) as error:
+        for lineno, line in data:
+            located = _arff_row_error(path, attributes, label_index, lineno, line)
+            if located is not None:
+                raise located from error
+        raise ValueError(f"{path}: scipy.io.arff cannot read it ({error})") from error
+    names = meta.names()
+    column = table[names[label_index]]
+    labels = [v.decode() if isinstance(v, bytes) else repr(float(v)) for v in column.tolist()]
+    values = np.column_stack([table[name] for i, name in enumerate(names) if i != label_index]).astype(np.float64)
+    for row in np.flatnonzero(~np.isfinite(values).all(axis=1)):
+        lineno, line = data[row]
+        raise _arff_row_error(path, attributes, label_index, lineno, line) or _error(path, lineno, "non-finite value")
+    return labels, list(values), [lineno for lineno, _ in data]
 
 
 def _arff_label_index(attributes: list[tuple[str, str, list[str] | None]]) -> int:
