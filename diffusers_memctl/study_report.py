@@ -171,17 +171,18 @@ def plot_pareto(
                 markersize=7 if method == "uniform" else 5,
                 alpha=0.9,
             )
-            ax.annotate(method, (sx["mean"], sy["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ref = refs.get(size, {})
         if quality_metric == "heldout_frechet_distance" and "heldout_frechet_copier" in ref:
-            ax.axvline(ref["heldout_frechet_copier"], color="0.4", ls="--", lw=0.8)
+            ax.axvline(ref["heldout_frechet_copier"], color="0.4", ls="--", lw=0.8, label="replaying the training set")
+        if quality_metric == "heldout_frechet_distance" and "heldout_frechet_fresh" in ref:
+            ax.axvline(ref["heldout_frechet_fresh"], color="0.6", ls="-.", lw=0.8, label="fresh held-out data")
         if f"ref_{copies_metric}" in ref:
-            ax.axhline(ref[f"ref_{copies_metric}"], color="0.4", ls=":", lw=0.8)
+            ax.axhline(ref[f"ref_{copies_metric}"], color="0.4", ls=":", lw=0.8, label="training subset itself")
         ax.set_title(f"{size} training samples", fontsize=9)
         ax.set_xlabel(f"{quality_metric} (lower = better)", fontsize=8)
         ax.set_ylabel(f"{copies_metric} (lower = fewer copies)", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[-1].legend(fontsize=6, loc="best")
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -547,10 +547,9 @@ def export_sweep_results(sweep_dir: str | Path, dest: str | Path) -> dict[str, A
     for row in rows:
         name = Path(row["run_dir"]).name
         if row["run_dir"] in histories:
-            (dest / "loss_histories" / f"{name}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in histories[row["run_dir"]])
-            )
-            exported_histories[name] = histories[row["run_dir"]]
+            path = write_compact_history(dest / "loss_histories" / f"{name}.jsonl.gz", histories[row["run_dir"]])
+            # The report is built from what was written, so that rebuilding it from the folder gives the same bytes.
+            exported_histories[name] = read_compact_history(path)
         row["run_dir"] = name
     if (sweep_dir / SWEEP_CONFIG_NAME).is_file():
         shutil.copy(sweep_dir / SWEEP_CONFIG_NAME, dest / SWEEP_CONFIG_NAME)
@@ -558,13 +557,47 @@ def export_sweep_results(sweep_dir: str | Path, dest: str | Path) -> dict[str, A
     return write_sweep_analysis(dest, rows, exported_histories, num_train_timesteps=T)
 
 
+def _round_floats(value: Any, digits: int) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, list):
+        return [_round_floats(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _round_floats(v, digits) for k, v in value.items()}
+    return value
+
+
+def write_compact_history(path: Path, records: list[dict[str, Any]], *, digits: int = 5) -> Path:
+    """A loss history as gzip-compressed JSON lines, floats rounded to `digits` significant digits.
+
+    Exported studies keep every step of every run; rounded and compressed they take about a tenth of the plain
+    ``loss_history.jsonl`` (the full-precision file stays in the run folder). The gzip header carries no timestamp,
+    so the same history always gives the same bytes.
+    """
+    import gzip
+
+    text = "".join(json.dumps(_round_floats(r, digits)) + "\n" for r in records).encode()
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
+        handle.write(text)
+    return path
+
+
+def read_compact_history(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``.jsonl`` or ``.jsonl.gz`` loss history."""
+    import gzip
+
+    path = Path(path)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1000) -> dict[str, Any]:
     """Regenerate ``analysis.json``, figures and ``REPORT.md`` from an exported ``sweep_results.csv``."""
     results_dir = Path(results_dir)
     rows = read_results_csv(results_dir / "sweep_results.csv")
     histories = {}
-    for path in sorted((results_dir / "loss_histories").glob("*.jsonl")):
-        histories[path.stem] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for path in sorted((results_dir / "loss_histories").glob("*.jsonl*")):
+        histories[path.name.split(".jsonl")[0]] = read_compact_history(path)
     return write_sweep_analysis(results_dir, rows, histories, num_train_timesteps=num_train_timesteps)
 
 

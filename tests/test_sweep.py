@@ -402,8 +402,18 @@ def test_exported_results_regenerate_the_same_analysis(sweep, tmp_path):
     export = tmp_path / "export"
     exported = export_sweep_results(sweep["dir"], export)
     assert len(exported["rows"]) == 5
-    assert sorted(p.stem for p in (export / "loss_histories").glob("*.jsonl")) == RUN_NAMES
-    assert json.loads((export / "analysis.json").read_text()) == original
+    assert sorted(p.name[: -len(".jsonl.gz")] for p in (export / "loss_histories").glob("*.jsonl.gz")) == RUN_NAMES
+    exported_analysis = json.loads((export / "analysis.json").read_text())
+    # Exported loss histories are rounded to 5 significant digits: only the per-bin losses computed from them move.
+    bins = exported_analysis.pop("timestep_bin_losses")
+    original_bins = original.pop("timestep_bin_losses")
+    assert exported_analysis == original
+    assert np.allclose(
+        [v for e in bins for v in e["bin_losses"] if v is not None],
+        [v for e in original_bins for v in e["bin_losses"] if v is not None],
+        rtol=1e-4,
+    )
+    original = {**original, "timestep_bin_losses": bins}
     figures = sorted(p.name for p in (export / "figures").glob("*.png"))
     assert figures == sorted(p.name for p in (sweep["dir"] / "figures").glob("*.png"))
 
