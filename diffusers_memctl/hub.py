@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -342,16 +341,10 @@ def render_model_card(
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename (honours the umask)."""
+    from .run_folder import write_text_atomic
+
+    return write_text_atomic(path, text)
 
 
 def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
