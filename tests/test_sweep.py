@@ -259,7 +259,7 @@ def test_sweep_writes_every_file(sweep):
         report = json.loads((run / "metrics.json").read_text())
         assert report["num_samples"] == 6 and report["settings"]["sampler"] == "ddim"
         args = json.loads((run / "training_config.json").read_text())["args"]
-        assert args["pretrained_model_name_or_path"] == str(sweep_dir / "pretrained")
+        assert args["pretrained_model_name_or_path"] == "../../pretrained"  # relative to the run folder
         assert args["timestep_sampling"] == ("uniform" if name.startswith("uniform") else "ci_normal")
         assert (run / "model_index.json").is_file() and (run / "README.md").is_file()
     assert json.loads((sweep_dir / "pretrained" / "training_config.json").read_text())["args"][
