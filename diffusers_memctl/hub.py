@@ -295,7 +295,8 @@ def render_model_card(
         memctl=_memctl_metadata(args, sampler),
     )
 
-    source = json.dumps(repo_id or str(run_dir))
+    # Without a repository, the folder's own name: a card must not publish an absolute local path.
+    source = json.dumps(repo_id or run_dir.resolve().name)
     load_note = ""
     if subfolder and repo_id:
         source = f'snapshot_download({json.dumps(repo_id)}, allow_patterns=["{subfolder}/*"]) + "/{subfolder}"'

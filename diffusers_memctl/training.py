@@ -45,6 +45,7 @@ from .run_folder import (
     publishable_args,
     save_state_file,
     write_json_atomic,
+    write_text_atomic,
 )
 from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 from .validation import validate_options
@@ -328,7 +329,7 @@ def _truncate_loss_history(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def _target(scheduler: MemCtlDDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
@@ -388,7 +389,7 @@ def plan_run(output_dir: Path, *, overwrite: bool, resume: str | None) -> RunPla
         if (output_dir / TRAIN_COMPLETE_NAME).is_file() and not overwrite:
             return RunPlan("finished")
         checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
-        if not checkpoint.is_dir() if checkpoint is not None else False:
+        if checkpoint is not None and not checkpoint.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         if checkpoint is not None:
             return RunPlan("resume", checkpoint)
