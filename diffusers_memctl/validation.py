@@ -7,6 +7,7 @@ given. :func:`validate_options` runs in ``--dry_run`` too, so a dry run answers 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 from .args import TrainingOptions
 
 __all__ = ["validate_options"]
+
+logger = logging.getLogger(__name__)
 
 
 def _flag(name: str) -> str:
@@ -119,6 +122,31 @@ def _num_train_timesteps(options: TrainingOptions) -> int:
     return options.model.num_train_timesteps
 
 
+def _warn_unused_sampler_settings(settings: dict[str, Any]) -> None:
+    """Say so when a sampler setting is given for a sampler that is not chosen (e.g. --ci_lower with uniform sampling).
+
+    A warning, not an error: a run's training_config.json reused as --config with another --timestep_sampling
+    carries the old sampler's settings, and flags cannot unset them.
+    """
+    from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
+    from .timestep_sampling import TIMESTEP_SAMPLERS
+
+    chosen = TIMESTEP_SAMPLERS.get(settings["timestep_sampling"])
+    used = set(getattr(chosen, "config_keys", {}))
+    ignored = [
+        _flag(key)
+        for key, value in settings.items()
+        if key != "timestep_sampling" and value != MEMCTL_CONFIG_DEFAULTS[key] and key not in used
+    ]
+    if chosen is not None and ignored:
+        logger.warning(
+            "%s %s no effect with --timestep_sampling %s",
+            ", ".join(ignored),
+            "has" if len(ignored) == 1 else "have",
+            settings["timestep_sampling"],
+        )
+
+
 def _validate_sampling(options: TrainingOptions) -> None:
     from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 
@@ -130,6 +158,7 @@ def _validate_sampling(options: TrainingOptions) -> None:
     if s.loss_weighting not in ("none", "min_snr", "p2", "importance"):
         raise ValueError(f"--loss_weighting {s.loss_weighting!r} is unknown; choose none, min_snr, p2 or importance")
     settings = {key: getattr(s, key) for key in MEMCTL_CONFIG_DEFAULTS}
+    _warn_unused_sampler_settings(settings)
     try:
         MemCtlDDPMScheduler(num_train_timesteps=_num_train_timesteps(options), **settings).timestep_sampler  # noqa: B018
     except ValueError as error:

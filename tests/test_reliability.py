@@ -441,6 +441,11 @@ def test_every_flag_is_checked_before_data_or_folders_even_in_a_dry_run(
     assert not run.exists()
 
 
+def test_a_sampler_setting_without_its_sampler_is_not_silently_ignored(tmp_path, caplog):
+    main(_argv(tmp_path / "run", "--ci_lower", "900", "--ci_upper", "1000", "--dry_run"))
+    assert "--ci_lower, --ci_upper have no effect with --timestep_sampling uniform" in caplog.text
+
+
 def test_a_malformed_config_file_is_named(tmp_path):
     config = tmp_path / "settings.json"
     config.write_text('{"seed": 1,}')
