@@ -462,6 +462,7 @@ def test_a_non_utf8_ucr_file_is_named(tmp_path):
         load_ucr_file(path)
 
 
+@pytest.mark.slow
 def test_a_user_error_on_the_command_line_is_one_line_and_debug_shows_the_traceback(finished_run):
     command = [sys.executable, str(TRAIN_SCRIPT), *_argv(finished_run, steps=2)]  # a folder holding a run
     plain = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)

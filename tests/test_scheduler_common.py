@@ -37,7 +37,7 @@ def _cases():
 
 def _sample(seed: int = 0) -> torch.Tensor:
     """A deterministic sample in [-1, 1) (the role of diffusers' ``dummy_sample_deter``)."""
-    return torch.linspace(-1.0, 1.0, 4 * 3 * 8 * 8 + 1)[:-1].reshape(4, 3, 8, 8).roll(seed, dims=-1)
+    return torch.linspace(-1.0, 1.0, 2 * 3 * 4 * 4 + 1)[:-1].reshape(2, 3, 4, 4).roll(seed, dims=-1)
 
 
 def _model(sample: torch.Tensor, t) -> torch.Tensor:
@@ -79,7 +79,8 @@ def test_every_T_the_parent_accepts_and_step_matches_it(ours, parent, T, config)
 @pytest.mark.parametrize(("ours", "parent", "T", "config"), list(_cases()))
 def test_full_loop_sums_equal_the_parents(ours, parent, T, config):
     mine, theirs = _pair(ours, parent, T, config)
-    steps = T if ours is MemCtlDDPMScheduler else min(T, 50)
+    # Every timestep up to T = 100 (DDPM's own loop); 100 spaced steps at T = 1000 keep the test fast.
+    steps = min(T, 100) if ours is MemCtlDDPMScheduler else min(T, 50)
     a, b = _loop(mine, steps), _loop(theirs, steps)
     assert torch.isfinite(a).all()
     assert float(a.abs().sum()) == float(b.abs().sum()) and float(a.mean()) == float(b.mean())
@@ -101,7 +102,7 @@ def test_save_and_load_keep_config_and_outputs(ours, parent, T, config, tmp_path
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("T", [5, 1000])
+@pytest.mark.parametrize("T", [5, 100])
 def test_from_config_across_compatible_classes(config, T):
     ddpm = MemCtlDDPMScheduler(num_train_timesteps=T, **_memctl_config(config, T))
     # Our two classes pass the sampler settings to each other.
