@@ -141,12 +141,17 @@ class TrainingArguments:
     checkpointing_steps: int = _help("Save an accelerate checkpoint every N steps (0 disables).", default=500)
     checkpoints_total_limit: int | None = _help("Keep at most N checkpoints.", default=None)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
+    trust_checkpoint_pickles: bool = _help(
+        "Load pickle files (custom_checkpoint_*.pkl, as diffusers-memctl 0.1 wrote) of a checkpoint you wrote yourself; "
+        "they can run any code, so never for a folder others can write to.",
+        default=False,
+    )
     save_images_epochs: int = _help("Save a sample grid/overlay every N epochs (0 disables).", default=10)
     save_model_epochs: int = _help("Save the pipeline every N epochs (it is always saved at the end).", default=10)
     logger: Literal["tensorboard", "none"] = _help("Experiment tracker.", default="tensorboard")
     logging_steps: int = _help("Log to the tracker every N steps.", default=10)
     channels_last: bool = _help("Use channels_last memory format for 2D models.", default=False)
-    dry_run: bool = _help("Resolve and print the settings, write nothing, train nothing.", default=False)
+    dry_run: bool = _help("Resolve, check and print the settings; write nothing, train nothing.", default=False)
 
 
 @dataclass
@@ -329,20 +334,36 @@ def _read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config file not found: {path}")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--config {path} is not UTF-8 text (byte {err.start}); write it as UTF-8 JSON or YAML"
+        ) from None
     if file.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as err:
             raise ValueError(f"reading {path} needs PyYAML (pip install pyyaml), or use a JSON config") from err
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--config {path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+            ) from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path} must hold a mapping of setting names to values")
     # A training_config.json written by a run can be passed back as --config: its settings live under "args".
     if "args" in values and isinstance(values["args"], dict) and "schema_version" in values:
-        values = values["args"]
+        from .run_folder import resolve_published_args
+
+        # Its local paths are relative to the run folder, which holds the file.
+        values = resolve_published_args(values["args"], file.parent)
     return values
 
 
@@ -366,6 +387,9 @@ def parse_arguments(
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="JSON/YAML file of settings (flags override it).")
+    parser.add_argument(
+        "--debug", action="store_true", help="Show the full traceback of an error (or set MEMCTL_DEBUG=1)."
+    )
     if extra is not None:
         extra(parser)
     owners: dict[str, type] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
+from .generation import generate_samples
+from .run_folder import (
+    disk_full_guard,
+    resolve_published_args,
+    run_lock,
+    staging_folder,
+    swap_in,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 __all__ = [
     "METRICS_SCHEMA_VERSION",
@@ -29,6 +39,15 @@ __all__ = [
 ]
 
 METRICS_SCHEMA_VERSION = 1
+#: Plots an evaluation writes into ``plots/`` (training's preview grids there are not part of the report).
+EVALUATION_PLOT_NAMES = (
+    "pca_scatter.png",
+    "nn_distances.png",
+    "nearest_neighbors.png",
+    "signal_overlay.png",
+    "loss_history.png",
+    "replicated_pairs.png",
+)
 
 
 def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
@@ -98,92 +117,6 @@ def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.
     return unet, scheduler_config
 
 
-def _inference_scheduler(scheduler_config: Any, num_inference_steps: int | None):
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    config = {k: v for k, v in dict(scheduler_config).items() if k not in MEMCTL_CONFIG_DEFAULTS}
-    if num_inference_steps is None:
-        return DDPMScheduler.from_config(config), config["num_train_timesteps"]
-    return DDIMScheduler.from_config(config), num_inference_steps
-
-
-@torch.no_grad()
-def generate_samples(
-    unet: torch.nn.Module,
-    scheduler_config: Any,
-    modality: str,
-    *,
-    num_samples: int,
-    batch_size: int = 250,
-    num_inference_steps: int | None = None,
-    seed: int = 0,
-    sample_shape: list[int] | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Generate samples in the model's value range with the diffusers pipeline of the modality.
-
-    Images go through `DDPMPipeline` and come back in [-1, 1] as ``(N, C, H, W)``; signals through `DDPM1DPipeline`
-    as ``(N, C, L)``. Batch ``i`` uses a generator seeded with ``(seed, i)``, so N samples are reproducible and
-    independent of the batch size's effect on other batches.
-
-    Args:
-        unet (`torch.nn.Module`): The denoiser.
-        scheduler_config: The training scheduler (or its config).
-        modality (`str`): ``"image"`` or ``"signal"``.
-        num_samples (`int`): Number of samples.
-        batch_size (`int`, defaults to 250): Samples per pipeline call.
-        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; otherwise DDIM with this many steps.
-        seed (`int`, defaults to 0): Seed of the generation.
-        sample_shape (`list[int]`, *optional*): ``[C, L]`` of signals (defaults to the model's config).
-        progress (`bool`, defaults to `True`): Show the pipelines' progress bars.
-        device (`str` or `torch.device`, *optional*): Device (defaults to the model's).
-
-    Returns:
-        `torch.Tensor`: float32 samples on the CPU.
-    """
-    from diffusers import DDPMPipeline
-
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    config = scheduler_config.config if hasattr(scheduler_config, "config") else scheduler_config
-    scheduler, steps = _inference_scheduler(config, num_inference_steps)
-    device = torch.device(device) if device is not None else next(unet.parameters()).device
-    if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
-
-        pipeline = DDPM1DPipeline(unet=unet, scheduler=scheduler)
-    else:
-        pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
-    pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=not progress, leave=False)
-    outputs = []
-    for index, start in enumerate(range(0, num_samples, batch_size)):
-        count = min(batch_size, num_samples - start)
-        state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-        generator = torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
-        if modality == "signal":
-            length = sample_shape[-1] if sample_shape else None
-            batch = pipeline(
-                batch_size=count, generator=generator, num_inference_steps=steps, length=length, output_type="pt"
-            )
-            outputs.append(batch.signals.float().cpu())
-        else:
-            images = pipeline(
-                batch_size=count, generator=generator, num_inference_steps=steps, output_type="np"
-            ).images
-            # DDPMPipeline returns (N, H, W, C) in [0, 1]; back to the training range and layout.
-            outputs.append(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() * 2.0 - 1.0)
-    return torch.cat(outputs)
-
-
-def _write_atomic_bytes(path: Path, writer) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        writer(handle)
-    os.replace(tmp, path)
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -205,8 +138,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Generate `num_samples` from a run, compute every metric against its training data, write the report.
 
-    Writes ``samples.npz``, ``metrics.json`` (each through a temporary file and a rename, so a failed evaluation never
-    replaces a good report) and ``plots/`` into the run folder.
+    Writes ``samples.npz``, ``metrics.json`` and the evaluation's ``plots/*.png`` into the run folder all or nothing:
+    they are built in a hidden staging folder and renamed into place together at the end, so a failure (a full disk
+    included) leaves the previous report intact and no temporary file behind. The run folder is locked meanwhile
+    (a training or another evaluation of the same folder makes this one fail at once).
 
     Args:
         run_dir (`str` or `os.PathLike`): A run folder (or a Hub id holding one).
@@ -230,13 +165,65 @@ def evaluate_run(
     Returns:
         `dict`: The content of ``metrics.json``.
     """
+    if num_samples < 2:
+        raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
+    run_path = _resolve_run_dir(run_dir)
+    with run_lock(run_path, flag="run folder"):
+        report, generated, training, modality, features = _generate_and_measure(
+            run_path,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            num_inference_steps=num_inference_steps,
+            seed=seed,
+            pca_components=pca_components,
+            pca_fit_on=pca_fit_on,
+            js_bins=js_bins,
+            memorization_threshold=memorization_threshold,
+            device=device,
+            progress=progress,
+            training_data=training_data,
+            feature_extractor=feature_extractor,
+            replication_threshold=replication_threshold,
+            feature_cache_dir=feature_cache_dir,
+        )
+        _publish_report(
+            run_path,
+            report,
+            generated,
+            training,
+            modality,
+            make_plots,
+            pca_components,
+            pca_fit_on,
+            memorization_threshold,
+            features,
+        )
+    return report
+
+
+def _generate_and_measure(
+    run_path: Path,
+    *,
+    num_samples: int,
+    batch_size: int,
+    num_inference_steps: int | None,
+    seed: int,
+    pca_components: int,
+    pca_fit_on: str,
+    js_bins: int,
+    memorization_threshold: float,
+    device: str | torch.device | None,
+    progress: bool,
+    training_data: Any,
+    feature_extractor: str | None = None,
+    replication_threshold: float = 0.5,
+    feature_cache_dir: str | None = None,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, str, Any]:
+    """The report of :func:`evaluate_run` (nothing written yet), with the samples and training data behind it."""
     from .args import DataArguments
     from .data import load_training_data
     from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances, reference_metrics
 
-    if num_samples < 2:
-        raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
-    run_path = _resolve_run_dir(run_dir)
     config = read_training_config(run_path)
     modality = config["modality"]
     unet, scheduler_config = load_run_pipeline(run_path, modality)
@@ -254,9 +241,9 @@ def evaluate_run(
     tic = time.perf_counter()
     if training_data is None:
         data_fields = {f for f in DataArguments.__dataclass_fields__}
-        training_data = load_training_data(
-            DataArguments(**{k: v for k, v in config["args"].items() if k in data_fields})
-        )
+        # Local paths were published relative to the run folder.
+        args = resolve_published_args(config["args"], run_path)
+        training_data = load_training_data(DataArguments(**{k: v for k, v in args.items() if k in data_fields}))
     training = training_data.samples
     timings["load_training_data_s"] = time.perf_counter() - tic
 
@@ -340,8 +327,8 @@ def evaluate_run(
         # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
         # against these).
         "reference": reference,
+        # No run_dir: the report lives in the run folder, and a local path must not be published with it.
         "run": {
-            "run_dir": str(run_path),
             "modality": modality,
             "sampler": config.get("sampler", {}),
         },
@@ -349,23 +336,51 @@ def evaluate_run(
     if features is not None:
         report["settings"]["features"] = features.settings
         report["feature_reference"] = features.reference
-    if make_plots:
-        tic = time.perf_counter()
-        write_evaluation_plots(
-            run_path, generated, training, modality, pca_components, pca_fit_on, memorization_threshold
-        )
-        if features is not None:
-            from .features import write_replication_figure
+    return report, generated, training, modality, features
 
-            write_replication_figure(run_path / "plots" / "replicated_pairs.png", generated, training, features)
-        timings["plots_s"] = time.perf_counter() - tic
-    from .training import write_json_atomic
 
-    # Samples and metrics are written last, together, so that a failure before (e.g. in plotting) leaves the previous
-    # pair in place and samples.npz always reproduces metrics.json.
-    _write_atomic_bytes(run_path / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
-    write_json_atomic(run_path / "metrics.json", report)
-    return report
+#: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.
+REPORT_FILES = ("samples.npz", *(f"plots/{name}" for name in EVALUATION_PLOT_NAMES), "metrics.json")
+
+
+def _publish_report(
+    run_path: Path,
+    report: dict[str, Any],
+    generated: torch.Tensor,
+    training: torch.Tensor,
+    modality: str,
+    make_plots: bool,
+    pca_components: int,
+    pca_fit_on: str,
+    memorization_threshold: float,
+    features: Any = None,
+) -> None:
+    """Write samples, plots and metrics into a staging folder, then swap them in together (metrics.json last)."""
+    staging = staging_folder(run_path, "report")
+    try:
+        with disk_full_guard(staging, "evaluation report", kept="the previous report is kept"):
+            if make_plots:
+                tic = time.perf_counter()
+                write_evaluation_plots(
+                    run_path,
+                    generated,
+                    training,
+                    modality,
+                    pca_components,
+                    pca_fit_on,
+                    memorization_threshold,
+                    plots_dir=staging / "plots",
+                )
+                if features is not None:
+                    from .features import write_replication_figure
+
+                    write_replication_figure(staging / "plots" / "replicated_pairs.png", generated, training, features)
+                report["timings"]["plots_s"] = time.perf_counter() - tic
+            write_bytes_atomic(staging / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
+            write_json_atomic(staging / "metrics.json", report)
+        swap_in(staging, run_path, REPORT_FILES, last="metrics.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_evaluation_plots(
@@ -376,9 +391,12 @@ def write_evaluation_plots(
     pca_components: int = 2,
     pca_fit_on: str = "train",
     memorization_threshold: float = 1 / 3,
+    plots_dir: Path | None = None,
 ) -> list[Path]:
     """PCA scatter (the paper's Fig. 4), nearest-neighbour distances, samples beside their nearest training sample
-    (images) or overlays (signals), and the loss history, into ``run_dir/plots``."""
+    (images) or overlays (signals), and the loss history, into `plots_dir` (default ``run_dir/plots``).
+
+    File names are those of :data:`EVALUATION_PLOT_NAMES`."""
     from .metrics import nearest_neighbors, pca_project
     from .plotting import (
         plot_image_nn_grid,
@@ -389,7 +407,7 @@ def write_evaluation_plots(
         save_figure,
     )
 
-    plots = run_dir / "plots"
+    plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
     written = []
     gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=pca_fit_on)
     written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))

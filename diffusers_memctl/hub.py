@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -296,7 +295,8 @@ def render_model_card(
         memctl=_memctl_metadata(args, sampler),
     )
 
-    source = json.dumps(repo_id or str(run_dir))
+    # Without a repository, the folder's own name: a card must not publish an absolute local path.
+    source = json.dumps(repo_id or run_dir.resolve().name)
     load_note = ""
     if subfolder and repo_id:
         source = f'snapshot_download({json.dumps(repo_id)}, allow_patterns=["{subfolder}/*"]) + "/{subfolder}"'
@@ -344,16 +344,10 @@ def render_model_card(
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename (honours the umask)."""
+    from .run_folder import write_text_atomic
+
+    return write_text_atomic(path, text)
 
 
 def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:

@@ -1,17 +1,21 @@
 """One training job end to end: train, evaluate, write the model card, optionally push.
 
 The training script and every sweep cell call :func:`run_training_job`, so there is exactly one path from settings
-to a finished, evaluated run folder.
+to a finished, evaluated run folder. The run folder is locked for the whole job (training, evaluation and card), and
+every setting is checked before any data is loaded.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
 from .distributed import process_state
-from .training import TrainResult, train
+from .run_folder import launch_lock
+from .training import TrainResult, finished_run_result, plan_run, train
+from .validation import validate_options
 
 __all__ = ["evaluate_options", "run_training_job"]
 
@@ -34,30 +38,53 @@ def evaluate_options(options: TrainingOptions, *, progress: bool = True, trainin
 def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tuple[TrainResult, dict[str, Any] | None]:
     """Train, then (on the main process) evaluate, write ``README.md`` and push when asked.
 
+    Resuming a finished run trains nothing: its evaluation is run only when it has none yet.
+
     Args:
         options ([`TrainingOptions`]): Every setting of the run.
         progress (`bool`, defaults to `True`): Show the evaluation's progress bars.
 
     Returns:
-        `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off or on other processes).
+        `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off, on other processes, or
+        when a finished run already had one).
     """
     from .data import load_training_data
 
-    data = load_training_data(options.data)
-    if options.evaluation.feature_extractor and options.evaluation.eval_num_samples > 0:
-        from .features import check_feature_extractor
+    validate_options(options)
+    state = process_state()
+    output_dir = Path(options.training.output_dir)
+    t_args = options.training
+    with launch_lock(output_dir, is_main_process=state.is_main_process, num_processes=state.num_processes):
+        # Planned before the data is loaded, so that a refused folder fails at once.
+        plan = plan_run(output_dir, overwrite=t_args.overwrite_output_dir, resume=t_args.resume_from_checkpoint)
+        if plan.action == "finished":
+            result, data = finished_run_result(output_dir), None
+        else:
+            data = load_training_data(options.data)
+            if options.evaluation.feature_extractor and options.evaluation.eval_num_samples > 0:
+                from .features import check_feature_extractor
 
-        # A missing backbone should stop the job now, not after training.
-        e = options.evaluation
-        check_feature_extractor(e.feature_extractor, data.modality, replication_threshold=e.replication_threshold)
-    result = train(options, data=data)
-    report = None
-    if not process_state().is_main_process:
-        return result, None
-    if options.evaluation.eval_num_samples > 0:
-        report = evaluate_options(options, progress=progress, training_data=data)
+                # A missing backbone should stop the job now, not after training.
+                e = options.evaluation
+                check_feature_extractor(
+                    e.feature_extractor, data.modality, replication_threshold=e.replication_threshold
+                )
+            result = train(options, data=data)
+        if not state.is_main_process:
+            return result, None
+        return result, _report_and_publish(options, result, data, progress)
+
+
+def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
     from .hub import write_model_card
 
+    output_dir = Path(options.training.output_dir)
+    report = None
+    evaluated = (output_dir / "metrics.json").is_file()
+    if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
+        report = evaluate_options(options, progress=progress, training_data=data)
+    if result.already_finished and evaluated:
+        return None
     write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
     if options.hub.push_to_hub:
         from .hub import push_to_hub
@@ -71,4 +98,4 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
             include_checkpoints=options.hub.push_checkpoints,
         )
         logger.info("pushed %s to %s", options.training.output_dir, url)
-    return result, report
+    return report

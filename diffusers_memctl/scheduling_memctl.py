@@ -98,6 +98,16 @@ class MemorizationControlMixin:
         return self.timestep_sampler.sample(batch_size, generator=generator, device=device)
 
 
+def _check_sampler_settings(scheduler: MemorizationControlMixin) -> None:
+    """Build a chosen sampler at construction, so bad settings fail there and not at the first training step.
+
+    The default (uniform) sampler is built on first use instead: it has no settings to check, and a scheduler that
+    never trains (e.g. ``num_train_timesteps=1``, which the parent schedulers accept for inference) must not fail.
+    """
+    if scheduler.config.get("timestep_sampling", "uniform") != "uniform":
+        scheduler.timestep_sampler  # noqa: B018
+
+
 class MemCtlDDPMScheduler(DDPMScheduler, MemorizationControlMixin):
     """`DDPMScheduler` whose config also selects how training timesteps are sampled.
 
@@ -170,8 +180,7 @@ class MemCtlDDPMScheduler(DDPMScheduler, MemorizationControlMixin):
             steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
-        # Build now so that bad settings fail at construction, not at the first training step.
-        self.timestep_sampler  # noqa: B018
+        _check_sampler_settings(self)
 
 
 class MemCtlDDIMScheduler(DDIMScheduler, MemorizationControlMixin):
@@ -233,4 +242,4 @@ class MemCtlDDIMScheduler(DDIMScheduler, MemorizationControlMixin):
             timestep_spacing=timestep_spacing,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
-        self.timestep_sampler  # noqa: B018
+        _check_sampler_settings(self)

@@ -9,6 +9,9 @@ the same entry point as ``train_memctl.py``), writing its own run folder under `
 - a cell with checkpoints but no report resumes from its latest checkpoint;
 - ``num_shards`` / ``shard_index`` (default: ``SLURM_ARRAY_TASK_COUNT`` / ``SLURM_ARRAY_TASK_ID``) split the cells
   round-robin over machines; each shard can itself run under ``accelerate launch`` on several GPUs;
+- every cell is locked while it runs (``run_folder.try_run_lock``): several sweep processes on one ``sweep_dir``
+  (launched by hand, or machines on a shared filesystem) skip the cells another process holds and take the next,
+  so they split the sweep without ``num_shards``; a lock of a killed process is released by the OS;
 - ``sweep_config.json`` pins the shared settings: a second invocation with different ones is refused, so the cells
   of one sweep folder are always comparable.
 
@@ -18,6 +21,7 @@ the same entry point as ``train_memctl.py``), writing its own run folder under `
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -31,6 +35,7 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
 from .methods import STUDY_METHODS, apply_method, resolve_method
+from .run_folder import resolve_published_args, run_lock, try_run_lock, write_json_atomic
 
 __all__ = [
     "SweepCell",
@@ -62,6 +67,7 @@ _PER_CELL_KEYS = {
     "output_dir",
     "pretrained_model_name_or_path",
     "resume_from_checkpoint",
+    "trust_checkpoint_pickles",
     "overwrite_output_dir",
     "push_to_hub",
     "hub_model_id",
@@ -229,8 +235,6 @@ def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
                 "same settings (finished cells are kept)"
             )
         return
-    from .training import write_json_atomic
-
     write_json_atomic(path, settings)
 
 
@@ -242,7 +246,35 @@ def _check_pretrained_run(path: Path) -> None:
         )
 
 
-def _pretrain(options: TrainingOptions, sweep: SweepArguments, target: Path) -> None:
+@contextlib.contextmanager
+def _main_process_holds(state: Any, folder: Path, *, wait: bool):
+    """Lock `folder` on the main process; yield whether it got it (the same answer on every process)."""
+    with contextlib.ExitStack() as stack:
+        held = None
+        if state.is_main_process:
+            if wait:
+                with try_run_lock(folder) as free:
+                    pass
+                if not free:
+                    logger.info("waiting for another process that writes %s", folder)
+                stack.enter_context(run_lock(folder, wait=True))
+                held = True
+            else:
+                held = stack.enter_context(try_run_lock(folder))
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            held = broadcast_object_list([held])[0]
+        yield held
+
+
+def _pretrain(options: TrainingOptions, sweep: SweepArguments, target: Path, state: Any) -> None:
+    # Several sweep processes on one folder: one pretrains, the others wait for its result.
+    with _main_process_holds(state, target, wait=True):
+        _pretrain_locked(options, sweep, target)
+
+
+def _pretrain_locked(options: TrainingOptions, sweep: SweepArguments, target: Path) -> None:
     from .runner import run_training_job
     from .training import TRAIN_COMPLETE_NAME
 
@@ -255,7 +287,8 @@ def _pretrain(options: TrainingOptions, sweep: SweepArguments, target: Path) -> 
     pre.training.max_train_steps = getattr(sweep, "pretrain_max_train_steps", None)
     pre.training.learning_rate = sweep.pretrain_learning_rate or options.training.learning_rate
     pre.training.resume_from_checkpoint = "latest" if (target / "checkpoints").is_dir() else None
-    pre.training.overwrite_output_dir = pre.training.resume_from_checkpoint is None
+    # Without a checkpoint, whatever an earlier attempt left there is started over.
+    pre.training.overwrite_output_dir = True
     pre.hub.push_to_hub = False
     length = (
         f"{pre.training.max_train_steps} steps" if pre.training.max_train_steps else f"{sweep.pretrain_epochs} epochs"
@@ -295,11 +328,11 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool 
     Returns:
         `list[dict]`: The result rows of every finished cell (this shard's and others').
     """
-    from .runner import evaluate_options, run_training_job
-    from .training import TRAIN_COMPLETE_NAME, _latest_checkpoint
+    from .validation import validate_options
 
     sweep_dir = Path(sweep.sweep_dir)
     state = process_state()
+    validate_options(options)
     cells = build_cells(sweep, options.model.num_train_timesteps)
     if sweep.analyze_only:
         return analyze_sweep_dir(sweep_dir)["rows"]
@@ -314,11 +347,12 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool 
     settings = _shared_settings(options, sweep)
     if state.is_main_process:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        _check_sweep_config(sweep_dir, settings)
+        with run_lock(sweep_dir, wait=True, flag="--sweep_dir"):
+            _check_sweep_config(sweep_dir, settings)
     state.wait_for_everyone()
 
     if pretrain_here:
-        _pretrain(options, sweep, pretrained)
+        _pretrain(options, sweep, pretrained, state)
         state.wait_for_everyone()
         _check_pretrained_run(pretrained)
 
@@ -328,25 +362,42 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool 
         if is_run_evaluated(run_dir):
             logger.info("[%d/%d] %s finished: skipped", index + 1, len(mine), cell.run_name)
             continue
-        cell_opts = cell_options(options, cell, run_dir, pretrained)
-        if (run_dir / TRAIN_COMPLETE_NAME).is_file():
-            # Training finished but the evaluation did not: only evaluate.
-            logger.info("[%d/%d] %s trained: evaluating", index + 1, len(mine), cell.run_name)
-            if state.is_main_process and cell_opts.evaluation.eval_num_samples > 0:
-                evaluate_options(cell_opts, progress=False)
-                # As run_training_job does after its evaluation: the card carries the new metrics.
-                from .hub import write_model_card
-
-                write_model_card(run_dir, repo_id=cell_opts.hub.hub_model_id)
-        else:
-            checkpoint = _latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
-            action = f"resuming from {checkpoint.name}" if checkpoint else "training"
-            logger.info("[%d/%d] %s: %s", index + 1, len(mine), cell.run_name, action)
-            run_training_job(cell_opts, progress=False)
+        with _main_process_holds(state, run_dir, wait=False) as held:
+            if not held:
+                logger.info("[%d/%d] %s is run by another process: skipped", index + 1, len(mine), cell.run_name)
+            elif is_run_evaluated(run_dir):  # finished by another process since the check above
+                logger.info("[%d/%d] %s finished: skipped", index + 1, len(mine), cell.run_name)
+            else:
+                _run_cell(options, cell, run_dir, pretrained, state, f"[{index + 1}/{len(mine)}]")
         state.wait_for_everyone()
     if state.is_main_process and analyze:
-        return analyze_sweep_dir(sweep_dir)["rows"]
+        with run_lock(sweep_dir, wait=True, flag="--sweep_dir"):
+            return analyze_sweep_dir(sweep_dir)["rows"]
     return []
+
+
+def _run_cell(
+    options: TrainingOptions, cell: SweepCell, run_dir: Path, pretrained: Path, state: Any, tag: str
+) -> None:
+    """Train (or resume) and evaluate one cell, or only evaluate it when its training finished (cell locked)."""
+    from .runner import evaluate_options, run_training_job
+    from .training import TRAIN_COMPLETE_NAME, _latest_checkpoint
+
+    cell_opts = cell_options(options, cell, run_dir, pretrained)
+    if (run_dir / TRAIN_COMPLETE_NAME).is_file():
+        # Training finished but the evaluation did not: only evaluate.
+        logger.info("%s %s trained: evaluating", tag, cell.run_name)
+        if state.is_main_process and cell_opts.evaluation.eval_num_samples > 0:
+            evaluate_options(cell_opts, progress=False)
+            # As run_training_job does after its evaluation: the card carries the new metrics.
+            from .hub import write_model_card
+
+            write_model_card(run_dir, repo_id=cell_opts.hub.hub_model_id)
+    else:
+        checkpoint = _latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
+        action = f"resuming from {checkpoint.name}" if checkpoint else "training"
+        logger.info("%s %s: %s", tag, cell.run_name, action)
+        run_training_job(cell_opts, progress=False)
 
 
 def _final_loss(run_dir: Path, tail_fraction: float = 0.1) -> float | None:
@@ -396,7 +447,8 @@ def _result_row(run_dir: Path, config: dict[str, Any], report: dict[str, Any]) -
         "seed": args["seed"],
         "train_subset_size": subset.get("size", config.get("data", {}).get("num_samples")),
         "train_subset_seed": subset.get("seed"),
-        "pretrain_seed": _pretrain_seed(args.get("pretrained_model_name_or_path")),
+        # Published relative to the run folder.
+        "pretrain_seed": _pretrain_seed(resolve_published_args(args, run_dir).get("pretrained_model_name_or_path")),
         "run_dir": str(run_dir),
         "final_loss": _final_loss(run_dir),
         **report["metrics"],
@@ -482,7 +534,6 @@ def write_sweep_analysis(
     """Write ``sweep_results.csv``, ``analysis.json``, ``figures/`` and ``REPORT.md`` for result rows."""
     from .analysis import analyze_sweep, timestep_bin_losses
     from .plotting import write_sweep_report
-    from .training import write_json_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

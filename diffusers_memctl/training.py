@@ -3,7 +3,7 @@
 Written after diffusers' ``examples/unconditional_image_generation/train_unconditional.py`` (accelerate, EMA,
 AdamW with warm-up, checkpoints) with three differences that matter for the paper (arXiv 2601.21348):
 
-- timesteps come only from the scheduler's configured sampler (``scheduler.sample_timesteps``), and the sampler
+- timesteps come only from the scheduler's configured sampler (uniform draws re-weighted by it for ``importance``), and the sampler
   settings are saved with the scheduler, in ``training_config.json`` and in the model card;
 - every random draw of a micro-batch (data order, flips, noise, timesteps) uses a ``torch.Generator`` seeded from
   ``(seed, process index, micro-step)``, so a resumed run reproduces an uninterrupted one and every process draws
@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,36 @@ import torch.nn.functional as F
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .run_folder import (
+    CHECKPOINTS_DIR,
+    CheckpointError,
+    DiskFullError,
+    apply_umask,
+    check_checkpoint_pickles,
+    disk_full_guard,
+    find_unreadable_file,
+    launch_lock,
+    list_checkpoints,
+    load_state_file,
+    publishable_args,
+    save_state_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
+from .validation import validate_options
 
 __all__ = [
     "NonFiniteLossError",
+    "RunPlan",
     "TrainResult",
     "build_model",
     "build_scheduler",
-    "check_output_dir",
     "epoch_batches",
+    "plan_run",
     "save_pipeline",
     "step_generator",
     "train",
-    "write_json_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +68,9 @@ logger = logging.getLogger(__name__)
 TRAINING_CONFIG_NAME = "training_config.json"
 LOSS_HISTORY_NAME = "loss_history.jsonl"
 TRAIN_COMPLETE_NAME = "train_complete.json"
-CHECKPOINTS_DIR = "checkpoints"
+#: Checkpoint files of the state accelerate would pickle: safetensors tensors + JSON metadata instead.
+EMA_STATE_NAME = "ema.safetensors"
+SAMPLER_STATE_NAME = "sampler_state.safetensors"
 NUM_LOSS_BINS = 10
 SCHEMA_VERSION = 1
 
@@ -68,31 +87,12 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     train_seconds: float
+    already_finished: bool = False
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Small building blocks (tested on their own)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temporary file and rename it, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (Path, torch.device, torch.dtype)):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def step_generator(
@@ -124,22 +124,6 @@ def epoch_batches(
         raise ValueError(f"{num_samples} training samples cannot be split over {num_processes} processes")
     mine = permutation[process_index::num_processes][:per_process]
     return list(torch.split(mine, batch_size))
-
-
-def check_output_dir(output_dir: Path, *, overwrite: bool, resuming: bool) -> None:
-    """Refuse to train into a folder that already holds another run, unless overwriting or resuming."""
-    if not output_dir.exists() or resuming:
-        return
-    if not output_dir.is_dir():
-        raise ValueError(f"output_dir {output_dir} exists and is not a directory")
-    markers = [
-        name for name in (TRAINING_CONFIG_NAME, "model_index.json", CHECKPOINTS_DIR) if (output_dir / name).exists()
-    ]
-    if markers and not overwrite:
-        raise ValueError(
-            f"output_dir {output_dir} already holds a run ({', '.join(markers)}); pass --overwrite_output_dir to "
-            "replace it or --resume_from_checkpoint latest to continue it"
-        )
 
 
 def _find_unet_folder(path: Path) -> Path:
@@ -284,6 +268,8 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
     write_json_atomic(config_path, config)
+    # safetensors writes 0600 files whatever the umask; a published model must be readable like any other file.
+    apply_umask(output_dir / "model_index.json", output_dir / "unet", output_dir / "scheduler")
 
 
 def _versions() -> dict[str, str]:
@@ -306,33 +292,28 @@ def build_training_config(options: TrainingOptions, data: TrainingData, schedule
         "schema_version": SCHEMA_VERSION,
         "modality": data.modality,
         "versions": _versions(),
-        "args": options.to_dict(),
+        # Local paths relative to the run folder (`--config` resolves them back): no absolute path is published.
+        "args": publishable_args(options.to_dict(), options.training.output_dir),
         "sampler": scheduler.timestep_sampler.summary(),
         "data": {"num_samples": int(data.samples.shape[0]), "sample_shape": data.sample_shape, **data.info},
     }
 
 
 def _latest_checkpoint(output_dir: Path) -> Path | None:
-    folder = output_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return None
-    found = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return max(found)[1] if found else None
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def _prune_checkpoints(output_dir: Path, limit: int | None) -> None:
     if not limit:
         return
-    folder = output_dir / CHECKPOINTS_DIR
-    found = sorted(
-        (int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
-    )
-    for _, path in found[: max(0, len(found) - limit)]:
+    found = list_checkpoints(output_dir)
+    for path in found[: max(0, len(found) - limit)]:
         shutil.rmtree(path, ignore_errors=True)
 
 
 class _SamplerState:
-    """Checkpoint adapter for stateful samplers (loss-aware history) registered with accelerate."""
+    """Checkpoint adapter of accelerate for the sampler state, only to read trusted checkpoints of version 0.1."""
 
     def __init__(self, scheduler: MemCtlDDPMScheduler):
         self.scheduler = scheduler
@@ -348,7 +329,7 @@ def _truncate_loss_history(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def _target(scheduler: MemCtlDDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
@@ -363,40 +344,148 @@ def _target(scheduler: MemCtlDDPMScheduler, clean: torch.Tensor, noise: torch.Te
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The loop
+# Where a run starts: a new run, over an old one, from a checkpoint, or not at all (finished)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def train(options: TrainingOptions, *, data: TrainingData | None = None, accelerator: Any = None) -> TrainResult:
-    """Train (or fine-tune) a diffusion model with the configured timestep sampler.
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`train` does with its `output_dir`, decided under the folder's lock before anything is written.
+
+    `action` is ``"new"`` (empty or missing folder), ``"overwrite"`` (the folder held a run and
+    ``--overwrite_output_dir`` was given), ``"resume"`` (from `checkpoint`) or ``"finished"`` (the folder holds a
+    finished run and resuming it has nothing to do).
+    """
+
+    action: str
+    checkpoint: Path | None = None
+
+
+def _run_markers(output_dir: Path) -> list[str]:
+    names = (TRAINING_CONFIG_NAME, "model_index.json", CHECKPOINTS_DIR, LOSS_HISTORY_NAME, TRAIN_COMPLETE_NAME)
+    return [name for name in names if (output_dir / name).exists()]
+
+
+def plan_run(output_dir: Path, *, overwrite: bool, resume: str | None) -> RunPlan:
+    """Decide how a run uses `output_dir`, refusing anything that would silently lose a previous run.
+
+    - a folder holding a run is reused only with ``--overwrite_output_dir`` or a checkpoint to resume from;
+    - ``--resume_from_checkpoint`` of a finished run does nothing (it says so) unless overwriting;
+    - ``--resume_from_checkpoint latest`` without a checkpoint starts a new run only in a folder without a run.
 
     Args:
-        options ([`TrainingOptions`]): Every setting of the run (see `diffusers_memctl.args`).
-        data ([`TrainingData`], *optional*): Preloaded data (default: loaded from ``options.data``).
-        accelerator (`accelerate.Accelerator`, *optional*): An existing accelerator (default: created here).
+        output_dir (`Path`): The run folder.
+        overwrite (`bool`): ``--overwrite_output_dir``.
+        resume (`str`, *optional*): ``--resume_from_checkpoint`` (``"latest"`` or a checkpoint folder).
 
     Returns:
-        [`TrainResult`]
+        [`RunPlan`]
     """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} exists and is not a directory")
+    markers = _run_markers(output_dir)
+    if resume:
+        if (output_dir / TRAIN_COMPLETE_NAME).is_file() and not overwrite:
+            return RunPlan("finished")
+        checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+        if checkpoint is not None and not checkpoint.is_dir():
+            raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        if checkpoint is not None:
+            return RunPlan("resume", checkpoint)
+        if markers and not overwrite:
+            raise ValueError(
+                f"--resume_from_checkpoint {resume}: no checkpoint in {output_dir / CHECKPOINTS_DIR}, but --output_dir "
+                f"{output_dir} holds a run ({', '.join(markers)}); pass --overwrite_output_dir to start over there"
+            )
+        return RunPlan("overwrite" if markers else "new")
+    if markers and not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir} already holds a run ({', '.join(markers)}); pass --overwrite_output_dir to "
+            "replace it or --resume_from_checkpoint latest to continue it"
+        )
+    return RunPlan("overwrite" if markers else "new")
+
+
+def finished_run_result(output_dir: Path) -> TrainResult:
+    """The [`TrainResult`] recorded in ``train_complete.json`` of a finished run (resuming it is a no-op)."""
+    record = json.loads((Path(output_dir) / TRAIN_COMPLETE_NAME).read_text())
+    logger.warning(
+        "%s holds a finished run (%s steps, %s): nothing to resume. Pass --overwrite_output_dir to train it again.",
+        output_dir,
+        record.get("global_step"),
+        TRAIN_COMPLETE_NAME,
+    )
+    return TrainResult(
+        Path(output_dir),
+        int(record.get("global_step", 0)),
+        record.get("final_loss"),
+        float(record.get("train_seconds", 0.0)),
+        already_finished=True,
+    )
+
+
+@contextlib.contextmanager
+def _locked_plan(accelerator: Any, options: TrainingOptions):
+    """Hold the run folder's lock (main process) for the whole run and yield the [`RunPlan`] every process follows.
+
+    Every process plans from the folder as it is before anything is written (the lock keeps other launches out, and
+    this launch writes only after the plan), so all processes reach the same plan, or raise the same error.
+    """
+    t_args = options.training
+    output_dir = Path(t_args.output_dir)
+    with launch_lock(output_dir, is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes):
+        plan = plan_run(output_dir, overwrite=t_args.overwrite_output_dir, resume=t_args.resume_from_checkpoint)
+        accelerator.wait_for_everyone()
+        yield plan
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stages of a run
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything the stages of one training run share (built by :func:`_setup`)."""
+
+    options: TrainingOptions
+    output_dir: Path
+    accelerator: Any
+    data: TrainingData
+    model: torch.nn.Module
+    scheduler: MemCtlDDPMScheduler
+    ema: Any
+    optimizer: Any
+    lr_scheduler: Any
+    steps_per_epoch: int
+    max_steps: int
+    num_epochs: int
+    alphas_cumprod: torch.Tensor
+    global_step: int = 0
+    micro_step: int = 0
+    last_loss: float | None = None
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    bin_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_LOSS_BINS, dtype=torch.float64))
+    bin_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_LOSS_BINS, dtype=torch.long))
+
+
+def _create_accelerator(options: TrainingOptions) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
-    t_args, s_args = options.training, options.sampling
+    t_args = options.training
     output_dir = Path(t_args.output_dir)
-    resume = t_args.resume_from_checkpoint
-    _validate(options)
-    check_output_dir(output_dir, overwrite=t_args.overwrite_output_dir, resuming=bool(resume))
+    return Accelerator(
+        gradient_accumulation_steps=t_args.gradient_accumulation_steps,
+        mixed_precision=t_args.mixed_precision,
+        log_with=None if t_args.logger == "none" else t_args.logger,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
 
-    if accelerator is None:
-        accelerator = Accelerator(
-            gradient_accumulation_steps=t_args.gradient_accumulation_steps,
-            mixed_precision=t_args.mixed_precision,
-            log_with=None if t_args.logger == "none" else t_args.logger,
-            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        )
+
+def _check_world_size(accelerator: Any) -> None:
     world_size = int(os.environ.get("WORLD_SIZE") or 1)
     if accelerator.num_processes != world_size:
         # accelerate ignores torchrun's WORLD_SIZE on a machine without GPUs unless told to use the CPU: every
@@ -405,17 +494,12 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
             f"launched as {world_size} processes (WORLD_SIZE) but accelerate runs {accelerator.num_processes}; "
             "without GPUs use `accelerate launch --cpu` or set ACCELERATE_USE_CPU=1 for torchrun"
         )
-    device = accelerator.device
 
-    data = data if data is not None else load_training_data(options.data)
-    model = build_model(options, data)
-    scheduler = build_scheduler(options, data.modality, data.samples)
-    if t_args.channels_last and data.modality == "image":
-        model = model.to(memory_format=torch.channels_last)
 
+def _prepare_output_dir(accelerator: Any, output_dir: Path, plan: RunPlan, training_config: dict) -> None:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        if t_args.overwrite_output_dir and not resume:
+        if plan.action == "overwrite":
             # Everything a run and its evaluation leave behind, so nothing of the old run (plots included) passes
             # for the new one's.
             for name in (
@@ -428,8 +512,45 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
             ):
                 target = output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        write_json_atomic(output_dir / TRAINING_CONFIG_NAME, build_training_config(options, data, scheduler))
+        elif plan.action == "resume" and (output_dir / TRAIN_COMPLETE_NAME).is_file():
+            # Resuming a finished run with --overwrite_output_dir trains its last steps again: its report is stale.
+            for name in (TRAIN_COMPLETE_NAME, "metrics.json"):
+                (output_dir / name).unlink(missing_ok=True)
+        write_json_atomic(output_dir / TRAINING_CONFIG_NAME, training_config)
     accelerator.wait_for_everyone()
+
+
+def _step_schedule(t_args: Any, num_samples: int, num_processes: int) -> tuple[int, int, int]:
+    """``(steps_per_epoch, max_steps, num_epochs)`` of a run."""
+    batches_per_epoch = len(
+        epoch_batches(
+            num_samples,
+            t_args.train_batch_size,
+            seed=t_args.seed,
+            epoch=0,
+            process_index=0,
+            num_processes=num_processes,
+        )
+    )
+    steps_per_epoch = math.ceil(batches_per_epoch / t_args.gradient_accumulation_steps)
+    max_steps = t_args.max_train_steps or t_args.num_epochs * steps_per_epoch
+    return steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch)
+
+
+def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any, plan: RunPlan) -> _Run:
+    """Stage 1: data, model, scheduler, the run folder, EMA, optimizer and learning-rate schedule."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    t_args = options.training
+    output_dir = Path(t_args.output_dir)
+    device = accelerator.device
+    data = data if data is not None else load_training_data(options.data)
+    model = build_model(options, data)
+    scheduler = build_scheduler(options, data.modality, data.samples)
+    if t_args.channels_last and data.modality == "image":
+        model = model.to(memory_format=torch.channels_last)
+    _prepare_output_dir(accelerator, output_dir, plan, build_training_config(options, data, scheduler))
 
     ema = None
     if t_args.use_ema:
@@ -452,20 +573,8 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
         # torch >= 2.4 has fused AdamW on CPU and CUDA: ~4x faster optimizer steps than the per-tensor default.
         fused=device.type in ("cuda", "cpu"),
     )
-    num_processes, rank = accelerator.num_processes, accelerator.process_index
-    batches_per_epoch = len(
-        epoch_batches(
-            len(data.samples),
-            t_args.train_batch_size,
-            seed=t_args.seed,
-            epoch=0,
-            process_index=0,
-            num_processes=num_processes,
-        )
-    )
-    steps_per_epoch = math.ceil(batches_per_epoch / t_args.gradient_accumulation_steps)
-    max_steps = t_args.max_train_steps or t_args.num_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    num_processes = accelerator.num_processes
+    steps_per_epoch, max_steps, num_epochs = _step_schedule(t_args, len(data.samples), num_processes)
     lr_scheduler = get_scheduler(
         t_args.lr_scheduler,
         optimizer=optimizer,
@@ -475,149 +584,232 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    accelerator.register_for_checkpointing(_SamplerState(scheduler))
+    return _Run(
+        options, output_dir, accelerator, data, model, scheduler, ema, optimizer, lr_scheduler,
+        steps_per_epoch, max_steps, num_epochs, scheduler.alphas_cumprod.to(device),
+    )  # fmt: skip
 
-    global_step = 0
-    if resume:
-        checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
-        if checkpoint is None:
-            logger.warning("no checkpoint in %s: starting a new run", output_dir / CHECKPOINTS_DIR)
-        elif not checkpoint.is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+
+def _resume(run: _Run, checkpoint: Path) -> None:
+    """Stage 2: load a checkpoint (no pickle unless trusted) and drop the loss records logged after it."""
+    trusted = run.options.training.trust_checkpoint_pickles
+    pickles = check_checkpoint_pickles(checkpoint, trusted=trusted)
+    try:
+        if pickles:
+            _load_legacy_checkpoint(run, checkpoint)
         else:
-            accelerator.load_state(str(checkpoint))
-            global_step = int(checkpoint.name.split("-")[1])
-            if accelerator.is_main_process:
-                _truncate_loss_history(output_dir / LOSS_HISTORY_NAME, global_step)
-    if accelerator.is_main_process and t_args.logger != "none":
-        accelerator.init_trackers("memctl", config=_tracker_config(options))
+            run.accelerator.load_state(str(checkpoint))
+            _load_extra_state(run, checkpoint)
+    except Exception as error:
+        raise CheckpointError(_unreadable_checkpoint_message(run.output_dir, checkpoint, error)) from error
+    run.global_step = int(checkpoint.name.split("-")[1])
+    if run.accelerator.is_main_process:
+        _truncate_loss_history(run.output_dir / LOSS_HISTORY_NAME, run.global_step)
 
-    samples = data.samples
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    sampler = scheduler.timestep_sampler
-    draw_sampler = training_timestep_sampler(sampler, s_args.loss_weighting)
-    T = scheduler.config.num_train_timesteps
-    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
+
+def _load_extra_state(run: _Run, checkpoint: Path) -> None:
+    """EMA weights and sampler state: safetensors + JSON files beside accelerate's own (see `_save_extra_state`)."""
+    if run.ema is not None:
+        path = checkpoint / EMA_STATE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (was the checkpoint saved with --use_ema false?)")
+        state = load_state_file(path, device=run.accelerator.device)
+        run.ema.load_state_dict(state)
+    run.scheduler.timestep_sampler.load_state_dict(load_state_file(checkpoint / SAMPLER_STATE_NAME))
+
+
+def _load_legacy_checkpoint(run: _Run, checkpoint: Path) -> None:
+    """A trusted checkpoint of diffusers-memctl 0.1, whose EMA and sampler state accelerate pickled."""
+    logger.warning("loading the pickle files of %s (--trust_checkpoint_pickles)", checkpoint)
+    objects = ([run.ema] if run.ema is not None else []) + [_SamplerState(run.scheduler)]
+    for obj in objects:
+        run.accelerator.register_for_checkpointing(obj)
+    try:
+        run.accelerator.load_state(str(checkpoint))
+    finally:
+        # New checkpoints save this state without pickle (`_save_extra_state`).
+        del run.accelerator._custom_objects[-len(objects) :]
+    if run.ema is not None:
+        run.ema.to(run.accelerator.device)
+
+
+def _unreadable_checkpoint_message(output_dir: Path, checkpoint: Path, error: BaseException) -> str:
+    earlier = [
+        p for p in list_checkpoints(output_dir) if int(p.name.split("-")[1]) < int(checkpoint.name.split("-")[1])
+    ]
+    fallback = (
+        f"the previous checkpoint is {earlier[-1]}: resume from it with --resume_from_checkpoint {earlier[-1]}"
+        if earlier
+        else "there is no earlier checkpoint; pass --overwrite_output_dir to start over"
+    )
+    bad = find_unreadable_file(checkpoint)
+    if bad is not None:
+        return f"cannot resume from {checkpoint}: {bad[0]} is unreadable, truncated or corrupt ({bad[1]}); {fallback}"
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot resume from {checkpoint}: {reason}; {fallback}"
+
+
+def _init_trackers(run: _Run) -> None:
+    if run.accelerator.is_main_process and run.options.training.logger != "none":
+        run.accelerator.init_trackers("memctl", config=_tracker_config(run.options))
+
+
+def _train_step(run: _Run, index: torch.Tensor, epoch: int, progress: Any) -> None:
+    """Stage 3: one micro-batch (forward, backward, optimizer when gradients sync), then its bookkeeping."""
+    options, accelerator, scheduler, model = run.options, run.accelerator, run.scheduler, run.model
+    t_args, s_args, device = options.training, options.sampling, accelerator.device
+    generator = step_generator(
+        t_args.seed, accelerator.process_index, run.micro_step, device=device if device.type == "cuda" else "cpu"
+    )
+    run.micro_step += 1
+    clean = run.data.samples[index].to(device, non_blocking=True)
+    if run.data.modality == "image" and options.data.random_flip:
+        clean = random_flip(clean, generator=generator)
+    if t_args.channels_last and clean.ndim == 4:
+        clean = clean.contiguous(memory_format=torch.channels_last)
+    noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(device)
+    # `importance` re-weights uniform draws by the configured sampler's T P(k) instead of drawing from P.
+    draw = training_timestep_sampler(scheduler.timestep_sampler, s_args.loss_weighting)
+    timesteps = draw.sample(clean.shape[0], generator=generator, device=device)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            prediction = model(noisy, timesteps).sample
+        target = _target(scheduler, clean, noise, timesteps)
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+        weights = compute_loss_weights(
+            s_args.loss_weighting,
+            timesteps,
+            alphas_cumprod=run.alphas_cumprod,
+            prediction_type=scheduler.config.prediction_type,
+            snr_gamma=s_args.snr_gamma,
+            p2_k=s_args.p2_k,
+            p2_gamma=s_args.p2_gamma,
+            importance_probs=scheduler.timestep_sampler if s_args.loss_weighting == "importance" else None,
+        )
+        loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {run.global_step} (epoch {epoch}); the last good checkpoint "
+                f"is kept in {run.output_dir / CHECKPOINTS_DIR}. Lower --learning_rate or use --mixed_precision no."
+            )
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and t_args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), t_args.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    _accumulate_losses(run, timesteps, per_sample)
+    if accelerator.sync_gradients:
+        _end_of_step(run, epoch, progress)
+
+
+def _accumulate_losses(run: _Run, timesteps: torch.Tensor, per_sample: torch.Tensor) -> None:
+    all_t = run.accelerator.gather(timesteps.detach())
+    all_loss = run.accelerator.gather(per_sample.detach().float())
+    run.scheduler.timestep_sampler.update_with_losses(timesteps, per_sample)
+    T = run.scheduler.config.num_train_timesteps
+    bins = (all_t.cpu() * NUM_LOSS_BINS // T).clamp_(max=NUM_LOSS_BINS - 1)
+    run.bin_sums.index_add_(0, bins, all_loss.cpu().double())
+    run.bin_counts.index_add_(0, bins, torch.ones_like(bins))
+    run.loss_sum += float(all_loss.sum())
+    run.loss_count += all_loss.numel()
+
+
+def _end_of_step(run: _Run, epoch: int, progress: Any) -> None:
+    """After an optimizer step: EMA, the loss record, tracker logs, and a checkpoint when one is due."""
+    t_args, accelerator = run.options.training, run.accelerator
+    if run.ema is not None:
+        run.ema.step(run.model.parameters())
+    run.global_step += 1
+    progress.update(1)
+    run.last_loss = run.loss_sum / max(run.loss_count, 1)
+    if accelerator.is_main_process:
+        record = {
+            "step": run.global_step,
+            "epoch": epoch,
+            "loss": run.last_loss,
+            "lr": run.lr_scheduler.get_last_lr()[0],
+            "bin_losses": [
+                (float(s / c) if c else None) for s, c in zip(run.bin_sums.tolist(), run.bin_counts.tolist())
+            ],
+            "bin_counts": run.bin_counts.tolist(),
+        }
+        history = run.output_dir / LOSS_HISTORY_NAME
+        with disk_full_guard(history, "loss history"), open(history, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        progress.set_postfix(loss=f"{run.last_loss:.4f}", step=run.global_step)
+        if t_args.logger != "none" and run.global_step % max(t_args.logging_steps, 1) == 0:
+            logs = {"loss": run.last_loss, "lr": record["lr"]}
+            if run.ema is not None:
+                logs["ema_decay"] = run.ema.cur_decay_value
+            accelerator.log(logs, step=run.global_step)
+    run.bin_sums.zero_()
+    run.bin_counts.zero_()
+    run.loss_sum, run.loss_count = 0.0, 0
+    if t_args.checkpointing_steps and run.global_step % t_args.checkpointing_steps == 0:
+        _save_checkpoint(run)
+
+
+def _end_of_epoch(run: _Run, epoch: int) -> None:
+    """Previews and intermediate pipeline saves at the end of an epoch."""
+    t_args = run.options.training
+    if run.accelerator.is_main_process and run.global_step > 0:
+        is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
+        if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
+            _save_preview(
+                run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
+            )
+        if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
+            _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
+
+
+def _run_epochs(run: _Run) -> float:
+    """Every remaining epoch from the run's current step; returns the seconds spent."""
+    from tqdm.auto import tqdm
+
+    t_args, accelerator = run.options.training, run.accelerator
+    progress = tqdm(
+        total=run.max_steps, initial=run.global_step, disable=not accelerator.is_local_main_process, desc="train"
+    )
     start_time = time.perf_counter()
-    last_loss: float | None = None
-    micro_step = global_step * t_args.gradient_accumulation_steps
-    bin_sums = torch.zeros(NUM_LOSS_BINS, dtype=torch.float64)
-    bin_counts = torch.zeros(NUM_LOSS_BINS, dtype=torch.long)
-    loss_sum, loss_count = 0.0, 0
-    model.train()
-    first_epoch = global_step // steps_per_epoch
-    skip_batches = (global_step % steps_per_epoch) * t_args.gradient_accumulation_steps
-    for epoch in range(first_epoch, num_epochs):
+    run.micro_step = run.global_step * t_args.gradient_accumulation_steps
+    run.model.train()
+    first_epoch = run.global_step // run.steps_per_epoch
+    skip_batches = (run.global_step % run.steps_per_epoch) * t_args.gradient_accumulation_steps
+    for epoch in range(first_epoch, run.num_epochs):
         batches = epoch_batches(
-            len(samples),
+            len(run.data.samples),
             t_args.train_batch_size,
             seed=t_args.seed,
             epoch=epoch,
-            process_index=rank,
-            num_processes=num_processes,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
         )
         if epoch == first_epoch and skip_batches:
             batches = batches[skip_batches:]
         for index in batches:
-            if global_step >= max_steps:
+            if run.global_step >= run.max_steps:
                 break
-            generator = step_generator(
-                t_args.seed, rank, micro_step, device=device if device.type == "cuda" else "cpu"
-            )
-            micro_step += 1
-            clean = samples[index].to(device, non_blocking=True)
-            if data.modality == "image" and options.data.random_flip:
-                clean = random_flip(clean, generator=generator)
-            if t_args.channels_last and clean.ndim == 4:
-                clean = clean.contiguous(memory_format=torch.channels_last)
-            noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(device)
-            timesteps = draw_sampler.sample(clean.shape[0], generator=generator, device=device)
-            noisy = scheduler.add_noise(clean, noise, timesteps)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    prediction = model(noisy, timesteps).sample
-                target = _target(scheduler, clean, noise, timesteps)
-                per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
-                weights = compute_loss_weights(
-                    s_args.loss_weighting,
-                    timesteps,
-                    alphas_cumprod=alphas_cumprod,
-                    prediction_type=scheduler.config.prediction_type,
-                    snr_gamma=s_args.snr_gamma,
-                    p2_k=s_args.p2_k,
-                    p2_gamma=s_args.p2_gamma,
-                    importance_probs=sampler if s_args.loss_weighting == "importance" else None,
-                )
-                loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss became {loss.item()} at step {global_step} (epoch {epoch}); the last good checkpoint "
-                        f"is kept in {output_dir / CHECKPOINTS_DIR}. Lower --learning_rate or use --mixed_precision no."
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t_args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t_args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            all_t = accelerator.gather(timesteps.detach())
-            all_loss = accelerator.gather(per_sample.detach().float())
-            sampler.update_with_losses(timesteps, per_sample)
-            bins = (all_t.cpu() * NUM_LOSS_BINS // T).clamp_(max=NUM_LOSS_BINS - 1)
-            bin_sums.index_add_(0, bins, all_loss.cpu().double())
-            bin_counts.index_add_(0, bins, torch.ones_like(bins))
-            loss_sum += float(all_loss.sum())
-            loss_count += all_loss.numel()
-
-            if accelerator.sync_gradients:
-                if ema is not None:
-                    ema.step(model.parameters())
-                global_step += 1
-                progress.update(1)
-                last_loss = loss_sum / max(loss_count, 1)
-                if accelerator.is_main_process:
-                    record = {
-                        "step": global_step,
-                        "epoch": epoch,
-                        "loss": last_loss,
-                        "lr": lr_scheduler.get_last_lr()[0],
-                        "bin_losses": [
-                            (float(s / c) if c else None) for s, c in zip(bin_sums.tolist(), bin_counts.tolist())
-                        ],
-                        "bin_counts": bin_counts.tolist(),
-                    }
-                    with open(output_dir / LOSS_HISTORY_NAME, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    progress.set_postfix(loss=f"{last_loss:.4f}", step=global_step)
-                    if t_args.logger != "none" and global_step % max(t_args.logging_steps, 1) == 0:
-                        logs = {"loss": last_loss, "lr": record["lr"]}
-                        if ema is not None:
-                            logs["ema_decay"] = ema.cur_decay_value
-                        accelerator.log(logs, step=global_step)
-                bin_sums.zero_()
-                bin_counts.zero_()
-                loss_sum, loss_count = 0.0, 0
-                if t_args.checkpointing_steps and global_step % t_args.checkpointing_steps == 0:
-                    _save_checkpoint(accelerator, output_dir, global_step, t_args.checkpoints_total_limit)
-        if accelerator.is_main_process and global_step > 0:
-            is_last = epoch == num_epochs - 1 or global_step >= max_steps
-            if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-                _save_preview(accelerator, model, ema, scheduler, data, output_dir, epoch, options)
-            if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
-                _save_final(accelerator, model, ema, scheduler, output_dir, data.modality)
-        if global_step >= max_steps:
+            _train_step(run, index, epoch, progress)
+        _end_of_epoch(run, epoch)
+        if run.global_step >= run.max_steps:
             break
     progress.close()
     accelerator.wait_for_everyone()
-    result = TrainResult(output_dir, global_step, last_loss, time.perf_counter() - start_time)
+    return time.perf_counter() - start_time
+
+
+def _finish(run: _Run, train_seconds: float) -> TrainResult:
+    """Stage 5: save the pipeline, then ``train_complete.json`` (last: it marks the run finished)."""
+    accelerator = run.accelerator
+    result = TrainResult(run.output_dir, run.global_step, run.last_loss, train_seconds)
     if accelerator.is_main_process:
-        _save_final(accelerator, model, ema, scheduler, output_dir, data.modality)
+        _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
         # Written last: its presence tells sweeps that this run finished training.
         write_json_atomic(
-            output_dir / TRAIN_COMPLETE_NAME,
-            {"global_step": global_step, "final_loss": last_loss, "train_seconds": result.train_seconds},
+            run.output_dir / TRAIN_COMPLETE_NAME,
+            {"global_step": run.global_step, "final_loss": run.last_loss, "train_seconds": result.train_seconds},
         )
     accelerator.wait_for_everyone()
     # Trackers are closed, but the process group is left alive: `end_training()` would destroy it, which breaks the
@@ -628,19 +820,42 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
     return result
 
 
-def _validate(options: TrainingOptions) -> None:
-    t = options.training
-    for name in ("train_batch_size", "gradient_accumulation_steps"):
-        if getattr(t, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(t, name)}")
-    if t.max_train_steps is not None and t.max_train_steps < 1:
-        raise ValueError(f"max_train_steps must be >= 1, got {t.max_train_steps}")
-    if t.max_train_steps is None and t.num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1, got {t.num_epochs}")
-    if not t.learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {t.learning_rate}")
-    if options.sampling.loss_weighting not in ("none", "min_snr", "p2", "importance"):
-        raise ValueError(f"unknown loss_weighting {options.sampling.loss_weighting!r}")
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train(options: TrainingOptions, *, data: TrainingData | None = None, accelerator: Any = None) -> TrainResult:
+    """Train (or fine-tune) a diffusion model with the configured timestep sampler.
+
+    The run folder is locked for the whole run (a second writer fails at once with [`RunFolderBusyError`]); what
+    happens to a folder that already holds a run is decided by [`plan_run`]: resuming a finished run does nothing.
+
+    Args:
+        options ([`TrainingOptions`]): Every setting of the run (see `diffusers_memctl.args`).
+        data ([`TrainingData`], *optional*): Preloaded data (default: loaded from ``options.data``).
+        accelerator (`accelerate.Accelerator`, *optional*): An existing accelerator (default: created here).
+
+    Returns:
+        [`TrainResult`]
+    """
+    validate_options(options)
+    if accelerator is None:
+        accelerator = _create_accelerator(options)
+    _check_world_size(accelerator)
+    with _locked_plan(accelerator, options) as plan:
+        if plan.action == "finished":
+            return finished_run_result(Path(options.training.output_dir))
+        if plan.action == "new" and options.training.resume_from_checkpoint:
+            logger.warning(
+                "no checkpoint in %s: starting a new run", Path(options.training.output_dir) / CHECKPOINTS_DIR
+            )
+        run = _setup(options, data, accelerator, plan)
+        if plan.action == "resume":
+            _resume(run, plan.checkpoint)
+        _init_trackers(run)
+        train_seconds = _run_epochs(run)
+        return _finish(run, train_seconds)
 
 
 def _tracker_config(options: TrainingOptions) -> dict[str, Any]:
@@ -648,20 +863,39 @@ def _tracker_config(options: TrainingOptions) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in options.to_dict().items()}
 
 
-def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, limit: int | None) -> None:
-    path = output_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
-    # Written under a hidden name and renamed once complete: a run killed while saving must not leave a half-written
-    # checkpoint-N that --resume_from_checkpoint latest (or a sweep, or a Hub push) would pick up.
+def _save_extra_state(run: _Run, folder: Path) -> None:
+    """EMA weights and sampler state as safetensors + JSON (accelerate would pickle them; see `_load_extra_state`)."""
+    if run.ema is not None:
+        save_state_file(folder / EMA_STATE_NAME, run.ema.state_dict())
+    save_state_file(folder / SAMPLER_STATE_NAME, run.scheduler.timestep_sampler.state_dict())
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Stage 4: ``checkpoints/checkpoint-N``, written under a hidden name and renamed once complete."""
+    accelerator, output_dir = run.accelerator, run.output_dir
+    path = output_dir / CHECKPOINTS_DIR / f"checkpoint-{run.global_step}"
+    # A run killed while saving must not leave a half-written checkpoint-N that --resume_from_checkpoint latest (or a
+    # sweep, or a Hub push) would pick up.
     partial = path.with_name(f".{path.name}.partial")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    previous = _latest_checkpoint(output_dir)
+    kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+    try:
+        with disk_full_guard(partial, "checkpoint", kept=kept):
+            accelerator.save_state(str(partial))
+            if accelerator.is_main_process:
+                _save_extra_state(run, partial)
+    except DiskFullError:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space the partial checkpoint took
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        apply_umask(partial)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(partial, path)
-        _prune_checkpoints(output_dir, limit)
+        _prune_checkpoints(output_dir, run.options.training.checkpoints_total_limit)
 
 
 def _unwrapped_with_ema(accelerator: Any, model: torch.nn.Module, ema: Any):
@@ -677,7 +911,8 @@ def _save_final(accelerator, model, ema, scheduler, output_dir: Path, modality: 
     try:
         if next(unwrapped.parameters()).is_contiguous(memory_format=torch.contiguous_format) is False:
             unwrapped = unwrapped.to(memory_format=torch.contiguous_format)
-        save_pipeline(unwrapped, scheduler, output_dir, modality)
+        with disk_full_guard(output_dir, "pipeline (model_index.json, unet/, scheduler/)"):
+            save_pipeline(unwrapped, scheduler, output_dir, modality)
     finally:
         if ema is not None:
             ema.restore(unwrapped.parameters())
@@ -688,7 +923,7 @@ def _save_preview(
     accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options
 ) -> None:
     """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/``."""
-    from .evaluation import generate_samples
+    from .generation import generate_samples
     from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,7 +249,8 @@ def test_training_config_passed_back_as_config_reproduces_the_settings(tmp_path)
     options = _non_default_options(tmp_path)
     data = TrainingData(torch.zeros(4, 1, 16, 16), "image")
     config = build_training_config(options, data, build_scheduler(options, "image", data.samples))
-    path = write_json_atomic(tmp_path / "training_config.json", config)
+    # Where a run writes it: local paths inside are relative to the run folder that holds the file.
+    path = write_json_atomic(Path(options.training.output_dir) / "training_config.json", config)
 
     reparsed = parse_training_options(["--config", str(path)])
     assert reparsed.to_dict() == options.to_dict()

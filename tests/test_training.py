@@ -25,6 +25,7 @@ from scipy.stats import norm
 
 from diffusers_memctl.cli.train import main, parse_training_options
 from diffusers_memctl.data import TrainingData
+from diffusers_memctl.run_folder import load_state_file
 from diffusers_memctl.scheduling_memctl import MemCtlDDPMScheduler
 from diffusers_memctl.training import NonFiniteLossError, build_model, epoch_batches, step_generator, train
 
@@ -174,12 +175,13 @@ def test_digits_run_writes_a_complete_run_folder(digits_run):
 
     config = _config(run)
     assert config["modality"] == "image"
-    assert config["args"] == options.to_dict()
+    # No absolute local path is published: output_dir is the folder itself, as seen from itself.
+    assert config["args"] == {**options.to_dict(), "output_dir": "."}
     assert config["data"]["num_samples"] == 1797 and config["data"]["sample_shape"] == [1, 16, 16]
     assert config["sampler"]["name"] == "uniform" and config["sampler"]["num_train_timesteps"] == 1000
     assert {"diffusers", "torch", "accelerate", "diffusers_memctl"} <= set(config["versions"])
-    # A run's training_config.json passed back as --config reproduces its settings.
-    assert parse_training_options(["--config", str(run / "training_config.json")]).to_dict() == config["args"]
+    # A run's training_config.json passed back as --config reproduces its settings (paths resolved back).
+    assert parse_training_options(["--config", str(run / "training_config.json")]).to_dict() == options.to_dict()
 
     records = _assert_history(run, DIGITS_STEPS, DIGITS_BATCH)
     assert records[-1]["loss"] == pytest.approx(result.final_loss)
@@ -245,7 +247,9 @@ def test_saved_unet_holds_the_ema_weights_only_with_use_ema(use_ema, digits_run,
         assert _max_abs_diff(saved, raw) == 0.0
         return
     assert _max_abs_diff(saved, raw) > 1e-6, "with EMA the saved model must not be the raw trained weights"
-    ema_state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    # EMA state is kept as safetensors + JSON metadata: no pickle in a checkpoint.
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    ema_state = load_state_file(checkpoint / "ema.safetensors")
     assert ema_state["optimization_step"] == steps
     unet = UNet2DModel.from_pretrained(run / "unet")
     names = [name for name, _ in unet.named_parameters()]
@@ -285,7 +289,9 @@ def test_finetune_from_a_run_folder_with_ci_normal(digits_run, tmp_path):
     assert sampler["name"] == "ci_normal"
     assert sampler["mu"] == pytest.approx(mu) and sampler["sigma"] == pytest.approx(sigma, rel=1e-6)
     assert sampler["p_tail"] == pytest.approx(p_tail, rel=1e-6)
-    assert _config(run)["args"]["pretrained_model_name_or_path"] == str(pretrained)
+    # Published relative to the run folder, and it resolves back to the pretrained run.
+    published = _config(run)["args"]["pretrained_model_name_or_path"]
+    assert not Path(published).is_absolute() and (run / published).resolve() == pretrained.resolve()
     scheduler_config = json.loads((run / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler_config["timestep_sampling"] == "ci_normal"
     assert (scheduler_config["ci_lower"], scheduler_config["ci_upper"]) == (600, 1000)

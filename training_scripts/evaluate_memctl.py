@@ -5,7 +5,7 @@
 The work is done by `diffusers_memctl.evaluation.evaluate_run`.
 """
 
-from diffusers_memctl.cli.evaluate import main
+from diffusers_memctl.cli.evaluate import cli, main  # noqa: F401  (main: for runpy users)
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -7,7 +7,7 @@ Resumable (finished cells are skipped), shardable (--num_shards/--shard_index or
 under `accelerate launch`. The work is done by `diffusers_memctl.sweep.run_sweep`.
 """
 
-from diffusers_memctl.cli.sweep import main
+from diffusers_memctl.cli.sweep import cli, main  # noqa: F401  (main: for runpy users)
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -8,7 +8,7 @@ Every flag is a field of the dataclasses in `diffusers_memctl.args` (`--help` li
 them from JSON/YAML). The loop itself is `diffusers_memctl.training.train`.
 """
 
-from diffusers_memctl.cli.train import main
+from diffusers_memctl.cli.train import cli, main  # noqa: F401  (main: for runpy users)
 
 if __name__ == "__main__":
-    main()
+    cli()

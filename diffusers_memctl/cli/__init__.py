@@ -1,1 +1,74 @@
-"""Command-line entry points (also used by ``training_scripts/``): parse, build, call the library."""
+"""Command-line entry points (also used by ``training_scripts/``): parse, build, call the library.
+
+:func:`run_cli` runs a script's ``main`` the way a user at a terminal needs: an error is one line (plus a hint), not
+a traceback; ``--debug`` or ``MEMCTL_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["run_cli"]
+
+#: Errors that describe bad input or a state of the run folder: the message is all the user needs.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..run_folder import CheckpointError, DiskFullError, RunFolderBusyError, UnsafeCheckpointError
+    from ..training import NonFiniteLossError
+
+    return (
+        *_USER_ERRORS,
+        CheckpointError,
+        DiskFullError,
+        RunFolderBusyError,
+        UnsafeCheckpointError,
+        NonFiniteLossError,
+    )
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("MEMCTL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """Call ``main(argv)``; turn an exception into one line on stderr and an exit status.
+
+    Args:
+        main (`Callable`): A script's ``main(argv)``.
+        argv (`list[str]`, *optional*): Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        `int`: 0 on success, 1 for an error, 130 when interrupted.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if _debug_requested(argv):
+        main(argv)
+        return 0
+    # In a launch of several processes every rank fails alike: one of them speaks.
+    speaks = os.environ.get("LOCAL_RANK", "0") == "0"
+    hint = "(--debug or MEMCTL_DEBUG=1 shows the traceback)"
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        if speaks:
+            print("interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as error:
+        if speaks:
+            print(f"error: {_one_line(error)} {hint}", file=sys.stderr)
+        return 1
+    except Exception as error:  # anything else is a bug: still one line, with the type to report it by
+        if speaks:
+            print(f"error: unexpected {type(error).__name__}: {_one_line(error)} {hint}", file=sys.stderr)
+        return 1
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ..args import EvaluationArguments, parse_arguments
 
@@ -31,5 +32,12 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def cli() -> None:
+    """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
+    from . import run_cli
+
+    sys.exit(run_cli(main))
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -8,6 +8,7 @@ Example (small, CPU):
 from __future__ import annotations
 
 import logging
+import sys
 
 from ..args import SweepArguments, TrainingOptions, parse_arguments
 from ..distributed import process_state
@@ -36,5 +37,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def cli() -> None:
+    """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
+    from . import run_cli
+
+    sys.exit(run_cli(main))
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from ..args import (
     DataArguments,
@@ -34,9 +35,12 @@ def parse_training_options(argv: list[str] | None = None) -> TrainingOptions:
 def main(argv: list[str] | None = None):
     """Train, evaluate and write the model card; returns ``(TrainResult, metrics)`` (or the options on --dry_run)."""
     from ..runner import run_training_job
+    from ..validation import validate_options
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     options = parse_training_options(argv)
+    # Every flag is checked before anything is loaded or written, in a dry run too.
+    validate_options(options)
     if options.training.dry_run:
         print(json.dumps(options.to_dict(), indent=2))
         return options
@@ -48,5 +52,12 @@ def main(argv: list[str] | None = None):
     return result, report
 
 
+def cli() -> None:
+    """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
+    from . import run_cli
+
+    sys.exit(run_cli(main))
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -179,7 +179,7 @@ def load_training_data(data_args: Any) -> TrainingData:
         if samples.shape[0] == 0:
             raise ValueError(f"signal dataset {data_args.dataset_name!r} with classes={data_args.classes!r} is empty")
         return _apply_subset(TrainingData(samples, "signal", {"num_samples": samples.shape[0]}), data_args)
-    resolution = data_args.resolution or default_resolution(data_args.dataset_name)
+    resolution = default_resolution(data_args.dataset_name) if data_args.resolution is None else data_args.resolution
     dataset, column = load_image_dataset(
         data_args.dataset_name if data_args.train_data_dir is None else None,
         data_args.train_data_dir,

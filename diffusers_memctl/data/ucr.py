@@ -329,6 +329,16 @@ def load_ucr_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"UCR file not found: {path}")
+    try:
+        return _load_ucr_file(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); UCR files are plain "
+            "ASCII/UTF-8 text: convert it (e.g. iconv -f latin1 -t utf-8) or check that it is the right file"
+        ) from None
+
+
+def _load_ucr_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     suffix = path.suffix.lower()
     if suffix in (".txt", ".tsv", ".csv"):
         delimiter = {".txt": None, ".tsv": "\t", ".csv": ","}[suffix]

@@ -1,0 +1,500 @@
+"""Reliability of run folders (issue 12): each test reproduces one finding of the issue on a tiny run.
+
+1. resuming never silently replaces a run; 2. one writer per run folder and per sweep cell (real processes);
+3. no pickle is loaded on resume; 4. evaluation outputs are all or nothing, disk-full errors say so and name the path;
+5. every flag is checked before anything is loaded or written, and errors are one line; 6. published files hold no
+absolute local path and honour the umask. (7, the scheduler with T = 1, is in test_scheduler_common.py.)
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_memctl.cli.train import main, parse_training_options
+from diffusers_memctl.evaluation import evaluate_run
+from diffusers_memctl.run_folder import (
+    LOCK_NAME,
+    CheckpointError,
+    DiskFullError,
+    RunFolderBusyError,
+    UnsafeCheckpointError,
+    disk_full_guard,
+    load_state_file,
+    run_lock,
+)
+from diffusers_memctl.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "training_scripts" / "train_memctl.py"
+SWEEP_SCRIPT = REPO / "training_scripts" / "sweep_ci_grid.py"
+
+
+def _argv(output_dir: Path, *extra: str, steps: int = 4) -> list[str]:
+    """A fast run: tiny model, 32 samples in batches of 16 (two steps per epoch), no previews, no tracker."""
+    return [
+        "--output_dir", str(output_dir),
+        "--model_preset", "tiny",
+        "--max_train_samples", "32",
+        "--train_batch_size", "16",
+        "--max_train_steps", str(steps),
+        "--checkpointing_steps", "2",
+        "--save_images_epochs", "0",
+        "--eval_num_samples", "0",
+        "--num_inference_steps", "3",
+        "--logger", "none",
+        *extra,
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MEMCTL_DEBUG", None)
+    return {**env, **extra}
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "loss_history.jsonl").read_text().splitlines() if line]
+
+
+def _weights(run: Path) -> bytes:
+    return (run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 4-step run with checkpoints 2 and 4 (copied by tests that change it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    main(_argv(run))
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns(LOCK_NAME))
+    return target
+
+
+# ---- 1. resuming never replaces a run ---------------------------------------------------------------------------
+
+
+def test_resuming_a_finished_run_is_a_no_op_that_says_so(finished_run, tmp_path, caplog):
+    """The finding: rerun with fewer epochs and --resume_from_checkpoint latest replaced the finished model."""
+    run = _copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints")  # as with --checkpointing_steps 0 in the report
+    weights, history = _weights(run), (run / "loss_history.jsonl").read_text()
+    result, report = main(_argv(run, "--num_epochs", "1", "--resume_from_checkpoint", "latest", steps=1))
+    assert result.already_finished and result.global_step == 4 and report is None
+    assert "finished run" in caplog.text and "nothing to resume" in caplog.text
+    assert _weights(run) == weights and (run / "loss_history.jsonl").read_text() == history
+
+
+def test_resume_without_a_checkpoint_never_starts_over_in_a_folder_holding_a_run(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    (run / "train_complete.json").unlink()  # a run stopped before its first checkpoint
+    history = (run / "loss_history.jsonl").read_text()
+    with pytest.raises(ValueError, match="no checkpoint .* holds a run .*--overwrite_output_dir"):
+        main(_argv(run, "--resume_from_checkpoint", "latest", steps=2))
+    assert (run / "loss_history.jsonl").read_text() == history  # nothing touched
+
+    result, _ = main(_argv(run, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", steps=2))
+    assert result.global_step == 2 and _steps(run) == [1, 2]  # started over: not steps 1-4 followed by 1-2
+
+
+# ---- 2. one writer per run folder and per sweep cell --------------------------------------------------------------
+
+
+def _wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_second_training_into_a_busy_folder_fails_at_once_and_a_killed_holder_never_blocks(tmp_path):
+    run = tmp_path / "run"
+    log = tmp_path / "first.log"
+    flags = _argv(run, "--checkpointing_steps", "5", steps=2000)
+    with open(log, "w") as handle:
+        first = subprocess.Popen(
+            [sys.executable, str(TRAIN_SCRIPT), *flags], env=_env(), stdout=handle, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for(lambda: (run / "checkpoints" / "checkpoint-5").is_dir(), first, log)
+        tic = time.monotonic()
+        second = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *flags, "--resume_from_checkpoint", "latest"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert (
+            len(lines) == 1 and lines[0].startswith("error: --output_dir") and "in use by another process" in lines[0]
+        )
+        assert "Traceback" not in second.stderr and "--debug" in lines[0]
+        assert time.monotonic() - tic < 120  # at once: no waiting for the first run
+        assert first.poll() is None  # the first run goes on
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert (run / LOCK_NAME).exists()  # left behind by the killed process ...
+    with run_lock(run):  # ... and not held by anyone: the OS released it with the process
+        pass
+    killed_at = max(_steps(run))
+    result, _ = main(
+        [*_argv(run, "--checkpointing_steps", "5", steps=killed_at + 2), "--resume_from_checkpoint", "latest"]
+    )
+    assert result.global_step == killed_at + 2
+    assert _steps(run) == list(range(1, killed_at + 3))  # one record per step: no interleaved writer
+
+
+def test_the_lock_is_one_per_folder_and_reentrant_within_a_process(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from diffusers_memctl.run_folder import run_lock\nimport time\nwith run_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(120)",
+        ],
+        env={**_env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusyError, match="in use by another process"):
+            main(_argv(run, steps=2))
+        with pytest.raises(RunFolderBusyError):
+            evaluate_run(run, num_samples=2)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    with run_lock(run), run_lock(run):  # the same process may take it again (sweep cell -> training -> evaluation)
+        pass
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    main(_argv(run, "--checkpointing_steps", "0", steps=2))
+    return run
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_on_one_folder_split_the_cells_and_train_each_once(pretrained_run, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    flags = [
+        "--sweep_dir", str(sweep_dir), "--pretrained_run", str(pretrained_run),
+        "--cells", "0:500,500:1000", "--include_uniform", "false", "--seeds", "0",
+        "--model_preset", "tiny", "--max_train_samples", "32", "--train_batch_size", "16",
+        "--max_train_steps", "40", "--checkpointing_steps", "0", "--save_images_epochs", "0",
+        "--save_model_epochs", "0", "--eval_num_samples", "4", "--num_inference_steps", "2", "--logger", "none",
+    ]  # fmt: skip
+    processes, logs = [], []
+    for name in ("a", "b"):
+        logs.append(tmp_path / f"{name}.log")
+        with open(logs[-1], "w") as handle:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, str(SWEEP_SCRIPT), *flags], env=_env(), stdout=handle, stderr=subprocess.STDOUT
+                )
+            )
+    for process, log in zip(processes, logs):
+        assert process.wait(timeout=420) == 0, log.read_text()[-3000:]
+    text = "".join(log.read_text() for log in logs)
+    for cell in ("ci-0000-0500-seed0", "ci-0500-1000-seed0"):
+        # Trained by exactly one of the two processes, and its history is that of one run.
+        assert text.count(f"{cell}: training") == 1, text[-4000:]
+        assert _steps(sweep_dir / "cells" / cell) == list(range(1, 41))
+    # The two processes overlapped: one of them met a cell that the other held, and moved on.
+    assert "is run by another process: skipped" in text
+
+
+# ---- 3. no pickle on resume -------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """What an attacker plants: unpickling it creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _interrupted_copy(finished_run: Path, tmp_path: Path) -> Path:
+    run = _copy(finished_run, tmp_path)
+    (run / "train_complete.json").unlink()  # as if killed after its last checkpoint
+    return run
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_unpickled(finished_run, tmp_path):
+    run = _interrupted_copy(finished_run, tmp_path)
+    marker = tmp_path / "pwned"
+    planted = run / "checkpoints" / "checkpoint-4" / "custom_checkpoint_1.pkl"
+    torch.save(_Payload(marker), planted)  # the file format accelerate writes there
+    # The payload works: torch.load(weights_only=False), as accelerate's load_custom_state does, runs it.
+    torch.load(planted, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(UnsafeCheckpointError, match=r"custom_checkpoint_1\.pkl.*--trust_checkpoint_pickles"):
+        main(_argv(run, "--resume_from_checkpoint", "latest", steps=6))
+    assert not marker.exists()
+
+
+def test_checkpoints_hold_no_pickle_and_resume_exactly(finished_run, tmp_path):
+    checkpoint = finished_run / "checkpoints" / "checkpoint-4"
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    ema = load_state_file(checkpoint / "ema.safetensors")
+    assert ema["optimization_step"] == 4 and all(isinstance(t, torch.Tensor) for t in ema["shadow_params"])
+    run = _interrupted_copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    result, _ = main(_argv(run, "--resume_from_checkpoint", "latest"))  # from checkpoint-2
+    assert result.global_step == 4 and _steps(run) == [1, 2, 3, 4]
+    assert _weights(run) == _weights(finished_run)  # the resumed run ends where the uninterrupted one did
+
+
+def test_a_trusted_checkpoint_of_version_0_1_still_resumes(finished_run, tmp_path):
+    """Checkpoints written before this change pickled EMA (custom_checkpoint_0) and sampler state (_1)."""
+    run = _interrupted_copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    checkpoint = run / "checkpoints" / "checkpoint-2"
+    torch.save(load_state_file(checkpoint / "ema.safetensors"), checkpoint / "custom_checkpoint_0.pkl")
+    torch.save({}, checkpoint / "custom_checkpoint_1.pkl")
+    (checkpoint / "ema.safetensors").unlink()
+    (checkpoint / "sampler_state.safetensors").unlink()
+    with pytest.raises(UnsafeCheckpointError):
+        main(_argv(run, "--resume_from_checkpoint", "latest"))
+    result, _ = main(_argv(run, "--resume_from_checkpoint", "latest", "--trust_checkpoint_pickles"))
+    assert result.global_step == 4 and _weights(run) == _weights(finished_run)
+
+
+def test_a_truncated_checkpoint_names_the_file_and_the_previous_checkpoint(finished_run, tmp_path):
+    run = _interrupted_copy(finished_run, tmp_path)
+    model = run / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as info:
+        main(_argv(run, "--resume_from_checkpoint", "latest", steps=6))
+    message = str(info.value)
+    assert str(model) in message and "checkpoint-2" in message and "--resume_from_checkpoint" in message
+
+
+# ---- 4. all-or-nothing evaluation, disk full --------------------------------------------------------------------
+
+
+def _report_state(run: Path) -> dict[str, bytes]:
+    names = ["metrics.json", "samples.npz", *(f"plots/{p.name}" for p in sorted((run / "plots").glob("*.png")))]
+    return {name: (run / name).read_bytes() for name in names}
+
+
+def _hidden(run: Path) -> list[str]:
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME)
+
+
+@pytest.mark.parametrize("fail_in", ["plots", "samples"])
+def test_disk_full_during_evaluation_keeps_the_previous_report_whole(finished_run, tmp_path, monkeypatch, fail_in):
+    """The finding: metrics and samples of N = 50 kept, but three plots already replaced by the failed run's."""
+    import matplotlib.figure
+
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    before = _report_state(run)
+    assert len(before) >= 5  # metrics, samples and at least three plots
+
+    calls = {"n": 0}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig_until_full(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savefig(self, *args, **kwargs)
+
+    def savez_on_full_disk(handle, **arrays):
+        handle.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail_in == "plots":
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_until_full)
+    else:
+        monkeypatch.setattr(np, "savez_compressed", savez_on_full_disk)
+    with pytest.raises(DiskFullError, match="no space left on device") as info:
+        evaluate_run(run, num_samples=6, num_inference_steps=2, seed=1, progress=False)
+    assert str(run) in str(info.value)
+    assert _report_state(run) == before  # every file of the previous report, byte for byte
+    assert _hidden(run) == []  # no temporary file, no staging folder
+
+
+def test_a_new_report_replaces_every_file_of_the_old_one(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    (run / "plots" / "samples_epoch_0001.png").write_bytes(b"a training preview is not part of the report")
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False, make_plots=False)
+    assert not (run / "plots" / "pca_scatter.png").exists()  # a plot of the older report cannot pass for this one's
+    assert (run / "plots" / "samples_epoch_0001.png").is_file()
+    assert json.loads((run / "metrics.json").read_text())["num_samples"] == 4 and _hidden(run) == []
+
+
+class _FullDisk(io.RawIOBase):
+    """A file whose disk fills up after `limit` bytes: write() fails with ENOSPC, as on a full filesystem."""
+
+    def __init__(self, limit: int):
+        self.written, self.limit = 0, limit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.written + len(data) > self.limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.written += len(data)
+        return len(data)
+
+
+def test_torch_save_on_a_full_disk_is_reported_as_no_space_left(tmp_path):
+    """torch.save swallows the ENOSPC and says only 'unexpected pos': the guard still names the disk and the path."""
+    target = tmp_path / "optimizer.bin"
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing the checkpoint {target}"):
+        with disk_full_guard(target, "checkpoint"):
+            torch.save({"state": torch.zeros(10_000)}, _FullDisk(1000))
+
+
+def test_disk_full_while_checkpointing_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """The finding: `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos`, no path."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "checkpoint-4" in str(f):
+            return real_save(obj, _FullDisk(100), *args, **kwargs)  # the real torch writer on a full disk
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    options = parse_training_options(_argv(run, steps=6))
+    with pytest.raises(DiskFullError) as info:
+        train(options)
+    message = str(info.value)
+    assert "no space left on device" in message and str(run / "checkpoints") in message and "checkpoint-4" in message
+    assert "checkpoint-2 is kept" in message
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2"]  # no partial checkpoint left
+
+
+# ---- 5. validation before anything happens; one-line errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resolution", "0"], "--resolution must be an integer >= 1, got 0"),
+        (["--ci_lower", "900", "--ci_upper", "100", "--timestep_sampling", "ci_normal"], "--ci_lower must be smaller"),
+        (["--timestep_sampling", "ci_normal", "--ci_lower", "0", "--ci_upper", "2000"], "--ci_upper must be <= "),
+        (["--train_batch_size", "0"], "--train_batch_size must be an integer >= 1, got 0"),
+        (["--eval_num_samples", "1"], "--eval_num_samples must be 0"),
+        (["--lr_scheduler", "cosinus"], "--lr_scheduler 'cosinus'"),
+        (["--num_inference_steps", "0"], "--num_inference_steps must be an integer >= 1"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_every_flag_is_checked_before_data_or_folders_even_in_a_dry_run(
+    tmp_path, monkeypatch, flags, message, dry_run
+):
+    import diffusers_memctl.data as data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the flags were checked")
+
+    monkeypatch.setattr(data, "load_training_data", no_data)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as info:
+        main(_argv(run, *flags, *(["--dry_run"] if dry_run else [])))
+    assert "t_lower" not in str(info.value) and "t_upper" not in str(info.value)
+    assert not run.exists()
+
+
+def test_a_sampler_setting_without_its_sampler_is_not_silently_ignored(tmp_path, caplog):
+    main(_argv(tmp_path / "run", "--ci_lower", "900", "--ci_upper", "1000", "--dry_run"))
+    assert "--ci_lower, --ci_upper have no effect with --timestep_sampling uniform" in caplog.text
+
+
+def test_a_malformed_config_file_is_named(tmp_path):
+    config = tmp_path / "settings.json"
+    config.write_text('{"seed": 1,}')
+    with pytest.raises(ValueError, match=f"--config {config} is not valid JSON"):
+        parse_training_options(["--config", str(config)])
+
+
+def test_a_non_utf8_ucr_file_is_named(tmp_path):
+    from diffusers_memctl.data.ucr import load_ucr_file
+
+    path = tmp_path / "ECG_TRAIN.txt"
+    path.write_bytes("1 0.5 0.25\n2 0.1 0.2 \xb5\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text"):
+        load_ucr_file(path)
+
+
+@pytest.mark.slow
+def test_a_user_error_on_the_command_line_is_one_line_and_debug_shows_the_traceback(finished_run):
+    command = [sys.executable, str(TRAIN_SCRIPT), *_argv(finished_run, steps=2)]  # a folder holding a run
+    plain = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
+    assert plain.returncode == 1
+    assert plain.stderr.strip().splitlines() == [
+        next(line for line in plain.stderr.splitlines() if line.startswith("error: --output_dir"))
+    ]
+    assert "already holds a run" in plain.stderr and "Traceback" not in plain.stderr
+    debug = subprocess.run(command, env=_env(MEMCTL_DEBUG="1"), capture_output=True, text=True, timeout=240)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "already holds a run" in debug.stderr
+
+
+# ---- 6. published files ----------------------------------------------------------------------------------------
+
+
+def test_published_files_hold_no_absolute_path_and_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        main(_argv(run, "--eval_num_samples", "4", steps=2))
+    finally:
+        os.umask(previous)
+    for name in ("training_config.json", "metrics.json", "README.md"):
+        text = (run / name).read_text()
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, name
+    assert json.loads((run / "training_config.json").read_text())["args"]["output_dir"] == "."
+    for name in (
+        "README.md",
+        "training_config.json",
+        "metrics.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "checkpoints/checkpoint-2/model.safetensors",
+        "checkpoints/checkpoint-2/ema.safetensors",
+    ):
+        assert (run / name).stat().st_mode & 0o777 == 0o644, name
