@@ -278,7 +278,9 @@ def _answer(analysis: Mapping[str, Any], late: str) -> list[str]:
         rl = c["replicate_level"]
         n = rl["n"]
         verdict = (
-            "a single measurement, no interval (one pretraining)"
+            "neither copies: at this size the models are not in a memorization regime"
+            if uni == 0 and lat == 0
+            else "a single measurement, no interval (one pretraining)"
             if n < 2
             else "fewer copies (the 95% interval excludes 0)"
             if rl["ci_high"] is not None and rl["ci_high"] < 0
