@@ -305,6 +305,7 @@ def write_study_report(
     methods = analysis["methods"]
     late = "ci_late" if "ci_late" in methods else next((m for m in methods if m != "uniform"), "uniform")
     n_reps = sorted(set(analysis["n_replicates"].values()))
+    reps_text = str(n_reps[0]) if len(n_reps) == 1 else f"{n_reps[0]}-{n_reps[-1]}"
     lines = [
         "# Memorization study",
         "",
@@ -313,7 +314,7 @@ def write_study_report(
         "A sample counts as a **copy** when its nearest training sample is less than a third as far as the second "
         "nearest (`memorized_fraction`; Yoon et al. 2023, Gu et al. 2023). 0% means no sample is a near-duplicate "
         "of one training sample. Each value is the mean over independent pretrainings (the replicate; fine-tune "
-        f"seeds are averaged inside it first); intervals are Student-t 95% intervals over {n_reps} pretrainings.",
+        f"seeds are averaged inside it first); intervals are Student-t 95% intervals over {reps_text} pretrainings.",
         "",
         *_answer(analysis, late),
         "",
