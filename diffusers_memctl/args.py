@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 __all__ = [
     "DataArguments",
+    "DiagnosticsArguments",
     "EvaluationArguments",
     "HubArguments",
     "ModelArguments",
@@ -188,6 +189,28 @@ class SweepArguments:
     num_shards: int | None = _help("Split cells over N machines (default SLURM_ARRAY_TASK_COUNT or 1).", default=None)
     shard_index: int | None = _help("This machine's shard (default SLURM_ARRAY_TASK_ID or 0).", default=None)
     analyze_only: bool = _help("Only aggregate finished cells and write the analysis.", default=False)
+
+
+@dataclass
+class DiagnosticsArguments:
+    """Settings of ``memctl-diagnose`` (per-timestep gradient profile, `diffusers_memctl.diagnostics`)."""
+
+    num_bins: int = _help("Equal timestep bins over [0, T).", default=20)
+    num_batches: int = _help("Seeded mini-batches per bin (>= 3; errors shrink as 1/sqrt(N)).", default=16)
+    diagnose_batch_size: int | None = _help(
+        "Samples per mini-batch (default: the run's train_batch_size, else 32; at most the number of samples).",
+        default=None,
+    )
+    diagnose_seed: int = _help("Seed of the batches' data and noise.", default=0)
+    per_sample_batches: int = _help(
+        "Batches per bin whose per-sample gradients (torch.func) give the per-sample alignment (0 disables).",
+        default=0,
+    )
+    samplers: str = _help(
+        "Comma-separated samplers for the contribution shares: uniform, ci:LOWER-UPPER, importance:ci:LOWER-UPPER, "
+        "a timestep_sampling name (logit_normal, mode, cosmap, edm_lognormal, beta), each optionally +min_snr or +p2.",
+        default="uniform,ci:0-250,ci:500-1000,ci:750-1000,logit_normal,uniform+min_snr,uniform+p2",
+    )
 
 
 @dataclass
