@@ -201,7 +201,12 @@ class DiagnosticsArguments:
         "Samples per mini-batch (default: the run's train_batch_size, else 32; at most the number of samples).",
         default=None,
     )
-    diagnose_seed: int = _help("Seed of the batches' data and noise.", default=0)
+    diagnose_seed: int = _help("Seed of the batches' data, noise and timesteps.", default=0)
+    timestep_mode: str = _help(
+        "'stratified': each sample gets a uniform timestep inside the bin (the bin's average gradient); "
+        "'midpoint': every batch sits at the bin's midpoint timestep.",
+        default="stratified",
+    )
     per_sample_batches: int = _help(
         "Batches per bin whose per-sample gradients (torch.func) give the per-sample alignment (0 disables).",
         default=0,

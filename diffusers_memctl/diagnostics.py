@@ -4,8 +4,9 @@ The paper (arXiv 2601.21348, Sec. 3-4.1) argues from equations that under unifor
 gradient contribution of a timestep falls with t, that high-SNR (low t) gradients align across samples, and that a
 CI-normal sampler with a later mean moves the contribution toward low-SNR steps. This module measures it.
 
-For each of `num_bins` equal bins of [0, T) the denoising loss is differentiated at one fixed timestep (the bin's
-midpoint) on `num_batches` seeded mini-batches. From the Gram matrix ``G_ij = g_i . g_j`` of the flattened batch
+For each of `num_bins` equal bins of [0, T) the denoising loss is differentiated on `num_batches` seeded
+mini-batches whose timesteps are fixed in advance: by default every sample gets its own uniform timestep inside the
+bin (``timestep_mode="stratified"``: the bin's average gradient), or all sit at the bin's midpoint. From the Gram matrix ``G_ij = g_i . g_j`` of the flattened batch
 gradients ``g_1 ... g_B`` of a bin:
 
 - ``E||g||``: the mean per-batch gradient norm, ``mean_i sqrt(G_ii)``;
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -244,7 +245,7 @@ class GradientProfile:
     Args:
         num_train_timesteps (`int`): T of the noise schedule.
         edges (`list[int]`): K + 1 bin edges over [0, T).
-        timesteps (`list[int]`): The fixed timestep differentiated in each bin (its midpoint).
+        timesteps (`list[int]`): The midpoint of each bin (the timestep used in ``timestep_mode="midpoint"``).
         grams (`np.ndarray`): ``(K, B, B)`` dot products of the batch gradients of each bin.
         alphas_cumprod (`list[float]`): The schedule, so shares under any sampler can be recomputed from the file.
         settings (`dict`): Batch size, number of batches, seed, prediction type, parameter count, timings, source.
@@ -278,8 +279,8 @@ class GradientProfile:
             rows.append(row)
         return rows
 
-    def shares(self, spec: str) -> dict[str, Any]:
-        """Contribution shares under one sampler spec (see :func:`resolve_sampler_spec`) with jackknife errors."""
+    def _share_replicates(self, spec: str) -> tuple[np.ndarray, np.ndarray]:
+        """Shares under `spec` and their B delete-one replicates ``(B, K)``."""
         probs, weights = resolve_sampler_spec(
             spec, self.alphas_cumprod, prediction_type=self.settings.get("prediction_type", "epsilon")
         )
@@ -288,12 +289,41 @@ class GradientProfile:
             norms = [_gram_stats(g)["mean_grad_norm"] for g in grams]
             return contribution_shares(norms, self.edges, probs, weights)
 
-        estimate = shares_of(self.grams)
         num_batches = self.grams.shape[1]
-        replicates = np.stack(
-            [shares_of(np.stack([_delete_one(g, i) for g in self.grams])) for i in range(num_batches)]
-        )
-        return {"shares": estimate.tolist(), "shares_se": _jackknife_se(replicates).tolist()}
+        replicates = [shares_of(np.stack([_delete_one(g, i) for g in self.grams])) for i in range(num_batches)]
+        return shares_of(self.grams), np.stack(replicates)
+
+    def shares(self, spec: str, windows: int = 4) -> dict[str, Any]:
+        """Contribution shares under one sampler spec (see :func:`resolve_sampler_spec`) with jackknife errors.
+
+        Args:
+            spec (`str`): The sampler, e.g. ``"uniform"`` or ``"ci:750-1000"``.
+            windows (`int`, defaults to 4): Also sum the shares over this many equal windows of [0, T) (bins are
+                assigned by their start), each with its own jackknife error (not the sum of the bins' errors).
+
+        Returns:
+            `dict`: ``shares``, ``shares_se`` (per bin) and ``window_shares`` (``t_start``, ``t_end``, ``share``,
+            ``share_se``).
+        """
+        estimate, replicates = self._share_replicates(spec)
+        starts = np.asarray(self.edges[:-1])
+        window_edges = np.round(np.linspace(0, self.num_train_timesteps, windows + 1)).astype(int)
+        window_rows = []
+        for lo, hi in zip(window_edges[:-1], window_edges[1:]):
+            member = (starts >= lo) & (starts < hi)
+            window_rows.append(
+                {
+                    "t_start": int(lo),
+                    "t_end": int(hi),
+                    "share": float(estimate[member].sum()),
+                    "share_se": float(_jackknife_se(replicates[:, member].sum(1))),
+                }
+            )
+        return {
+            "shares": estimate.tolist(),
+            "shares_se": _jackknife_se(replicates).tolist(),
+            "window_shares": window_rows,
+        }
 
     def to_dict(self, sampler_specs: Sequence[str] = ()) -> dict[str, Any]:
         """The content of ``gradient_profile.json`` (raw Gram matrices, per-bin statistics, shares per sampler)."""
@@ -374,12 +404,21 @@ def _forward(model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tenso
 
 def _draw_batch(
     samples: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training samples (drawn without replacement within the batch) and their noise, from one generator."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training samples (without replacement within the batch), their noise and a uniform offset in [0, 1) each
+    (where in a bin its timestep falls, for ``timestep_mode="stratified"``), all from one generator."""
     index = torch.randperm(samples.shape[0], generator=generator, device=generator.device)[:batch_size].cpu()
     clean = samples[index].to(device)
     noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(device)
-    return clean, noise
+    offsets = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64).to(device)
+    return clean, noise, offsets
+
+
+def _bin_timesteps(mode: str, start: int, end: int, offsets: torch.Tensor) -> torch.Tensor:
+    """The batch's timesteps in bin ``[start, end)``: all the midpoint, or one uniform draw per sample."""
+    if mode == "midpoint":
+        return torch.full(offsets.shape, (start + end) // 2, dtype=torch.long, device=offsets.device)
+    return (start + torch.floor(offsets * (end - start))).long().clamp_(max=end - 1)
 
 
 def _batch_gradient(
@@ -388,10 +427,9 @@ def _batch_gradient(
     scheduler: Any,
     clean: torch.Tensor,
     noise: torch.Tensor,
-    timestep: int,
+    timesteps: torch.Tensor,
 ) -> torch.Tensor:
-    """Flattened gradient of the training loss (mean squared error, unweighted) of one batch at one timestep."""
-    timesteps = torch.full((clean.shape[0],), timestep, dtype=torch.long, device=clean.device)
+    """Flattened gradient of the training loss (mean squared error, unweighted) of one batch at its timesteps."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     target = _regression_target(scheduler, clean, noise, timesteps)
     loss = F.mse_loss(_forward(model, noisy, timesteps).float(), target.float())
@@ -417,7 +455,7 @@ def _alignment_of(vectors: torch.Tensor) -> float:
 
 
 def _per_sample_gradients(
-    model: torch.nn.Module, scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timestep: int
+    model: torch.nn.Module, scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> tuple[torch.Tensor, str]:
     """``(n, P)`` per-sample gradients with ``torch.func.vmap(grad(...))``; a loop of backward passes if vmap fails."""
     from torch.func import functional_call, grad, vmap
@@ -425,7 +463,6 @@ def _per_sample_gradients(
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
-    timesteps = torch.full((clean.shape[0],), timestep, dtype=torch.long, device=clean.device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     target = _regression_target(scheduler, clean, noise, timesteps)
 
@@ -439,7 +476,7 @@ def _per_sample_gradients(
     except Exception:  # a model whose forward vmap cannot trace (data-dependent control flow): exact, slower
         parameters = [p for p in model.parameters() if p.requires_grad]
         rows = [
-            _batch_gradient(model, parameters, scheduler, clean[i : i + 1], noise[i : i + 1], timestep)
+            _batch_gradient(model, parameters, scheduler, clean[i : i + 1], noise[i : i + 1], timesteps[i : i + 1])
             for i in range(clean.shape[0])
         ]
         return torch.stack(rows), "loop"
@@ -454,12 +491,13 @@ def estimate_gradient_profile(
     num_batches: int = 16,
     batch_size: int = 32,
     seed: int = 0,
+    timestep_mode: Literal["stratified", "midpoint"] = "stratified",
     per_sample_batches: int = 0,
     keep_mean_gradients: bool = False,
     device: str | torch.device | None = None,
     progress: bool | Callable[[int], Any] = True,
 ) -> GradientProfile:
-    """Measure per-bin gradient Gram matrices of `model` on `samples` at the midpoint timestep of every bin.
+    """Measure per-bin gradient Gram matrices of `model` on `samples`, for equal timestep bins over [0, T).
 
     Args:
         model (`torch.nn.Module`): A denoiser called as ``model(noisy, timesteps)`` (returning a tensor or an output
@@ -469,7 +507,11 @@ def estimate_gradient_profile(
         num_bins (`int`, defaults to 20): Equal timestep bins over [0, T).
         num_batches (`int`, defaults to 16): Seeded mini-batches per bin (>= 3, for jackknife errors).
         batch_size (`int`, defaults to 32): Samples per mini-batch (at most N).
-        seed (`int`, defaults to 0): Seed of every draw (batch membership and noise).
+        seed (`int`, defaults to 0): Seed of every draw (batch membership, noise, timesteps in the bin).
+        timestep_mode (`str`, defaults to `"stratified"`): `"stratified"` gives every sample of a batch its own
+            uniform timestep in the bin, so the bin's expected gradient is the average over its timesteps (what a
+            sampler's P(bin) multiplies); `"midpoint"` differentiates every batch at the bin's midpoint timestep
+            (the gradient at that one t: a trained network's error can change sharply between neighbouring t).
         per_sample_batches (`int`, defaults to 0): Batches per bin whose per-sample gradients (``torch.func``) give
             ``per_sample_alignment``; costs about one batch-size of backward passes each.
         keep_mean_gradients (`bool`, defaults to `False`): Keep the ``(K, P)`` mean gradient of every bin.
@@ -488,6 +530,8 @@ def estimate_gradient_profile(
         raise ValueError(f"num_batches must be >= 3 for jackknife standard errors, got {num_batches}")
     if not 1 <= batch_size <= samples.shape[0]:
         raise ValueError(f"batch_size must be in [1, {samples.shape[0]}] (the number of samples), got {batch_size}")
+    if timestep_mode not in ("stratified", "midpoint"):
+        raise ValueError(f"timestep_mode must be 'stratified' or 'midpoint', got {timestep_mode!r}")
     if not 0 <= per_sample_batches <= num_batches:
         raise ValueError(f"per_sample_batches must be in [0, num_batches={num_batches}], got {per_sample_batches}")
     edges = bin_edges(T, num_bins)
@@ -504,10 +548,11 @@ def estimate_gradient_profile(
     method = None
     tic = time.perf_counter()
     try:
-        for k, t in enumerate(timesteps):
+        for k in range(num_bins):
             rows = []
             for b in range(num_batches):
-                clean, noise = _draw_batch(samples, batch_size, _batch_generator(seed, b, device), device)
+                clean, noise, offsets = _draw_batch(samples, batch_size, _batch_generator(seed, b, device), device)
+                t = _bin_timesteps(timestep_mode, int(edges[k]), int(edges[k + 1]), offsets)
                 rows.append(_batch_gradient(model, parameters, scheduler, clean, noise, t).cpu())
                 if b < per_sample_batches:
                     per_sample, method = _per_sample_gradients(model, scheduler, clean, noise, t)
@@ -529,7 +574,8 @@ def estimate_gradient_profile(
         "num_parameters": int(num_parameters),
         "per_sample_batches": per_sample_batches,
         "per_sample_method": method,
-        "loss": "mean squared error over all elements, unweighted, at the bin's midpoint timestep",
+        "timestep_mode": timestep_mode,
+        "loss": "mean squared error over all elements, unweighted",
         "device": str(device),
         "seconds": round(time.perf_counter() - tic, 3),
     }

@@ -75,16 +75,24 @@ def _closed_form_gradient(weight: torch.Tensor, samples: torch.Tensor, abar: flo
     return 2.0 / dim * (w @ (abar * second_moment + (1 - abar) * eye) - (1 - abar) ** 0.5 * eye)
 
 
-def test_linear_denoiser_matches_closed_form_within_standard_error():
+@pytest.mark.parametrize("timestep_mode", ["midpoint", "stratified"])
+def test_linear_denoiser_matches_closed_form_within_standard_error(timestep_mode):
     samples, model, scheduler = _gaussian_setup()
     profile = estimate_gradient_profile(
         model, scheduler, samples, num_bins=4, num_batches=64, batch_size=16, seed=0, keep_mean_gradients=True,
-        progress=False,
+        timestep_mode=timestep_mode, progress=False,
     )  # fmt: skip
     stats = profile.bin_statistics()
     for k, t in enumerate(profile.timesteps):
-        abar = float(scheduler.alphas_cumprod[t])
-        expected = _closed_form_gradient(model.weight, samples, abar).reshape(-1)
+        # Stratified: every t of the bin equally likely, and the closed form is linear in (abar, sqrt(1 - abar)).
+        bin_t = [t] if timestep_mode == "midpoint" else range(profile.edges[k], profile.edges[k + 1])
+        expected = (
+            torch.stack(
+                [_closed_form_gradient(model.weight, samples, float(scheduler.alphas_cumprod[s])) for s in bin_t]
+            )
+            .mean(0)
+            .reshape(-1)
+        )
         row = stats[k]
         # ||E g|| (U-statistic) within 3 jackknife standard errors of the closed form.
         assert abs(row["mean_grad_norm"] - float(expected.norm())) < 3 * row["mean_grad_norm_se"] + 1e-12
@@ -107,7 +115,7 @@ def test_expected_gradient_vanishes_at_the_wiener_solution():
     moment = abar * (x.T @ x / x.shape[0]) + (1 - abar) * torch.eye(x.shape[1], dtype=torch.float64)
     model.weight.data = ((1 - abar) ** 0.5 * torch.linalg.inv(moment)).float()
     profile = estimate_gradient_profile(model, scheduler, samples, num_bins=1, num_batches=32, batch_size=16,
-                                        progress=False)  # fmt: skip
+                                        timestep_mode="midpoint", progress=False)  # fmt: skip
     assert profile.timesteps == [50]
     row = profile.bin_statistics()[0]
     assert abs(row["mean_grad_sq"]) < 3 * row["mean_grad_sq_se"]
@@ -130,8 +138,9 @@ def test_per_sample_gradients_average_to_the_batch_gradient():
         model.eval()
         clean = torch.randn(shape, generator=generator)
         noise = torch.randn(shape, generator=generator)
-        per_sample, method = _per_sample_gradients(model, scheduler, clean, noise, 30)
-        batch = _batch_gradient(model, [p for p in model.parameters()], scheduler, clean, noise, 30)
+        timesteps = torch.tensor([3, 30, 60, 90])
+        per_sample, method = _per_sample_gradients(model, scheduler, clean, noise, timesteps)
+        batch = _batch_gradient(model, [p for p in model.parameters()], scheduler, clean, noise, timesteps)
         assert per_sample.shape == (4, batch.numel())
         torch.testing.assert_close(per_sample.double().mean(0), batch.double(), rtol=1e-4, atol=1e-6)
         assert method == "vmap"
@@ -275,6 +284,8 @@ def test_cli_writes_profile_and_figures(tiny_runs, tmp_path, modality):
 
 def test_cli_rejects_bad_input(tiny_runs, tmp_path):
     run = tiny_runs["image"]
+    with pytest.raises(ValueError, match="timestep_mode"):
+        diagnose_cli.main([str(run), "--timestep_mode", "middle", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="num_batches"):
         diagnose_cli.main([str(run), "--num_batches", "2", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="ci:LOWER-UPPER"):
@@ -283,3 +294,15 @@ def test_cli_rejects_bad_input(tiny_runs, tmp_path):
     assert not (tmp_path / "gradient_profile.json").exists()
     with pytest.raises(FileNotFoundError, match="not found"):
         diagnose_cli.main([str(tmp_path / "missing"), "--output_dir", str(tmp_path)])
+
+
+def test_window_shares_sum_bins_and_carry_their_own_error():
+    samples, model, scheduler = _gaussian_setup(num_samples=128)
+    profile = estimate_gradient_profile(model, scheduler, samples, num_bins=8, num_batches=5, batch_size=8,
+                                        progress=False)  # fmt: skip
+    entry = profile.shares("uniform", windows=4)
+    shares = np.asarray(entry["shares"])
+    assert [w["t_start"] for w in entry["window_shares"]] == [0, 25, 50, 75]
+    np.testing.assert_allclose([w["share"] for w in entry["window_shares"]], shares.reshape(4, 2).sum(1))
+    assert sum(w["share"] for w in entry["window_shares"]) == pytest.approx(1.0)
+    assert all(w["share_se"] >= 0 for w in entry["window_shares"])

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_batches=d.num_batches,
         batch_size=d.diagnose_batch_size,
         seed=d.diagnose_seed,
+        timestep_mode=d.timestep_mode,
         per_sample_batches=d.per_sample_batches,
         device=device,
     )
@@ -70,12 +71,11 @@ def _print_summary(content: dict) -> None:
             f"{row['timestep']:5d} {row['mean_batch_grad_norm']:10.4g} {row['mean_grad_norm']:10.4g} "
             f"{row['coherence']:7.3f}±{row['coherence_se']:.3f}"
         )
-    T = content["num_train_timesteps"]
-    edges = content["bin_edges"]
-    late = [k for k in range(len(edges) - 1) if edges[k] >= 0.75 * T]
     for spec, entry in content["contribution"].items():
-        share = sum(entry["shares"][k] for k in late)
-        print(f"share of the gradient from t >= {int(0.75 * T)} under {spec}: {share:.3f}")
+        windows = "  ".join(
+            f"[{w['t_start']},{w['t_end']}) {w['share']:.3f}±{w['share_se']:.3f}" for w in entry["window_shares"]
+        )
+        print(f"share under {spec:18s} {windows}")
     print(f"measured in {content['settings']['seconds']:.1f} s on {content['settings']['device']}")
 
 
