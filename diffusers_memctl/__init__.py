@@ -7,6 +7,7 @@ a 1D U-Net and pipeline for signals, memorization and distribution metrics, swee
 
 __version__ = "0.1.0"
 
+from .diagnostics import GradientProfile, contribution_shares, estimate_gradient_profile, profile_run
 from .loss_weighting import (
     LOSS_WEIGHTINGS,
     compute_loss_weights,
@@ -51,6 +52,7 @@ __all__ = [
     "UNET_2D_PRESETS",
     "CINormalTimestepSampler",
     "DDPM1DPipeline",
+    "GradientProfile",
     "MemCtlDDIMScheduler",
     "MemCtlDDPMScheduler",
     "MemorizationControlMixin",
@@ -63,9 +65,11 @@ __all__ = [
     "compute_loss_weights",
     "compute_metrics",
     "compute_snr",
+    "contribution_shares",
     "create_timestep_sampler",
     "create_unet_1d",
     "create_unet_2d",
+    "estimate_gradient_profile",
     "importance_weights",
     "mean_l2",
     "memorized_fraction",
@@ -75,6 +79,7 @@ __all__ = [
     "nn_ratio",
     "p2_weights",
     "pca_distribution_distances",
+    "profile_run",
     "reference_metrics",
     "signal_js",
 ]

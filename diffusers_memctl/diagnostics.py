@@ -279,8 +279,9 @@ class GradientProfile:
             rows.append(row)
         return rows
 
-    def _share_replicates(self, spec: str) -> tuple[np.ndarray, np.ndarray]:
-        """Shares under `spec` and their B delete-one replicates ``(B, K)``."""
+    def share_replicates(self, spec: str) -> tuple[np.ndarray, np.ndarray]:
+        """Shares under `spec` and their B delete-one replicates ``(B, K)`` (for jackknife errors of any function
+        of the shares: ``_jackknife_se``-style ``sqrt((B-1)/B * sum (f_i - mean f)^2)``)."""
         probs, weights = resolve_sampler_spec(
             spec, self.alphas_cumprod, prediction_type=self.settings.get("prediction_type", "epsilon")
         )
@@ -305,7 +306,7 @@ class GradientProfile:
             `dict`: ``shares``, ``shares_se`` (per bin) and ``window_shares`` (``t_start``, ``t_end``, ``share``,
             ``share_se``).
         """
-        estimate, replicates = self._share_replicates(spec)
+        estimate, replicates = self.share_replicates(spec)
         starts = np.asarray(self.edges[:-1])
         window_edges = np.round(np.linspace(0, self.num_train_timesteps, windows + 1)).astype(int)
         window_rows = []
@@ -324,6 +325,35 @@ class GradientProfile:
             "shares_se": _jackknife_se(replicates).tolist(),
             "window_shares": window_rows,
         }
+
+    def window_statistic(self, key: str, windows: int = 4) -> list[dict[str, float]]:
+        """Mean of a per-bin statistic (e.g. ``"coherence"``) over equal windows of [0, T), with jackknife errors.
+
+        Args:
+            key (`str`): A key of :func:`gram_statistics` without ``_se``.
+            windows (`int`, defaults to 4): Number of equal windows (bins are assigned by their start).
+
+        Returns:
+            `list[dict]`: ``t_start``, ``t_end``, ``value``, ``se`` per window.
+        """
+        estimate = np.array([_gram_stats(g)[key] for g in self.grams])
+        replicates = np.array(
+            [[_gram_stats(_delete_one(g, i))[key] for g in self.grams] for i in range(self.grams.shape[1])]
+        )
+        starts = np.asarray(self.edges[:-1])
+        window_edges = np.round(np.linspace(0, self.num_train_timesteps, windows + 1)).astype(int)
+        rows = []
+        for lo, hi in zip(window_edges[:-1], window_edges[1:]):
+            member = (starts >= lo) & (starts < hi)
+            rows.append(
+                {
+                    "t_start": int(lo),
+                    "t_end": int(hi),
+                    "value": float(estimate[member].mean()),
+                    "se": float(_jackknife_se(replicates[:, member].mean(1))),
+                }
+            )
+        return rows
 
     def to_dict(self, sampler_specs: Sequence[str] = ()) -> dict[str, Any]:
         """The content of ``gradient_profile.json`` (raw Gram matrices, per-bin statistics, shares per sampler)."""

@@ -306,3 +306,15 @@ def test_window_shares_sum_bins_and_carry_their_own_error():
     np.testing.assert_allclose([w["share"] for w in entry["window_shares"]], shares.reshape(4, 2).sum(1))
     assert sum(w["share"] for w in entry["window_shares"]) == pytest.approx(1.0)
     assert all(w["share_se"] >= 0 for w in entry["window_shares"])
+
+
+def test_window_statistic_averages_bins():
+    samples, model, scheduler = _gaussian_setup(num_samples=128)
+    profile = estimate_gradient_profile(model, scheduler, samples, num_bins=4, num_batches=5, batch_size=8,
+                                        progress=False)  # fmt: skip
+    rows = profile.window_statistic("coherence", windows=2)
+    coherence = [row["coherence"] for row in profile.bin_statistics()]
+    assert [r["value"] for r in rows] == pytest.approx([np.mean(coherence[:2]), np.mean(coherence[2:])])
+    # One bin per window: the window's error is the bin's own jackknife error.
+    single = profile.window_statistic("coherence", windows=4)
+    assert [r["se"] for r in single] == pytest.approx([row["coherence_se"] for row in profile.bin_statistics()])
