@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -501,7 +502,10 @@ def _per_sample_gradients(
         return F.mse_loss(getattr(out, "sample", out).float(), y.unsqueeze(0).float())
 
     try:
-        per = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, noisy, timesteps, target)
+        with warnings.catch_warnings():
+            # CPU attention has no batching rule yet: torch warns once per call and falls back to a slower path.
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            per = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(params, noisy, timesteps, target)
         return torch.cat([per[name].reshape(clean.shape[0], -1) for name in names], dim=1).float(), "vmap"
     except Exception:  # a model whose forward vmap cannot trace (data-dependent control flow): exact, slower
         parameters = [p for p in model.parameters() if p.requires_grad]
