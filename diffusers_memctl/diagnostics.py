@@ -719,6 +719,12 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
         resolved = DataArguments(**values)
     elif data_args is not None:
         resolved = data_args
+        unet_config = path / "unet" / "config.json"
+        if resolved.resolution is None and unet_config.is_file():
+            # A plain pipeline: its images must have the size the UNet was trained at.
+            size = json.loads(unet_config.read_text()).get("sample_size")
+            if isinstance(size, int):
+                resolved = dataclasses.replace(resolved, resolution=size)
     else:
         raise ValueError(
             f"{path} is not a diffusers-memctl run (no training_config.json): name its training data with "

@@ -318,3 +318,15 @@ def test_window_statistic_averages_bins():
     # One bin per window: the window's error is the bin's own jackknife error.
     single = profile.window_statistic("coherence", windows=4)
     assert [r["se"] for r in single] == pytest.approx([row["coherence_se"] for row in profile.bin_statistics()])
+
+
+def test_cli_on_a_plain_pipeline_folder_takes_data_flags_and_the_unet_size(tiny_runs, tmp_path):
+    pipeline = Path(shutil.copytree(tiny_runs["image"], tmp_path / "pipeline"))
+    (pipeline / "training_config.json").unlink()
+    out = tmp_path / "out"
+    content = diagnose_cli.main([str(pipeline), "--dataset_name", "digits", "--max_train_samples", "20",
+                                 "--num_bins", "2", "--num_batches", "3", "--samplers", "uniform",
+                                 "--output_dir", str(out), "--no_plots"])  # fmt: skip
+    assert content["settings"]["source"]["data"]["resolution"] == 16
+    assert content["settings"]["batch_size"] == 20  # no run config: 32, capped at the 20 samples
+    assert (out / "gradient_profile.json").is_file() and not (out / "plots").exists()
