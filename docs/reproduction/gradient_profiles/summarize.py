@@ -17,7 +17,13 @@ from scipy.stats import spearmanr
 from diffusers_memctl.diagnostics import GradientProfile
 
 HERE = Path(__file__).resolve().parent
-MODELS = {"digits": "digits 16x16, 1,797 images", "ecg_normal": "ECG5000 normal beats", "digits32": "32 digits"}
+MODELS = {
+    "digits": "digits 16x16, 1,797 images",
+    "ecg_normal": "ECG5000 normal beats",
+    "digits32": "32 digits (memorization regime)",
+    "digits32_ft_uniform": "32 digits, fine-tuned 1000 more steps with uniform sampling",
+    "digits32_ft_ci750": "32 digits, fine-tuned 1000 more steps with CI [750, 1000]",
+}
 Z = 1.959964
 
 
