@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -733,11 +734,17 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
     return load_training_data(resolved), dataclasses.asdict(resolved)
 
 
+def _dumps_compact(content: Mapping[str, Any]) -> str:
+    """Indented JSON with every innermost list of numbers on one line (a Gram matrix row per line)."""
+    text = json.dumps(content, indent=1)
+    return re.sub(r"\[\s+([-+0-9.eEnaNInfity,\s]+?)\s+\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)
+
+
 def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
     """Write through a temporary file and a rename, so an interrupted run never leaves half a profile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
+    tmp.write_text(_dumps_compact(content) + "\n")
     os.replace(tmp, path)
 
 
