@@ -51,8 +51,10 @@ __all__ = [
     "bin_edges",
     "contribution_shares",
     "estimate_gradient_profile",
+    "find_run_folders",
     "gram_statistics",
     "profile_run",
+    "profile_run_folders",
     "resolve_sampler_spec",
     "write_gradient_profile",
 ]
@@ -777,3 +779,93 @@ def write_gradient_profile(
         if content["contribution"]:
             save_figure(plot_gradient_contribution(content), output_dir / "plots" / "gradient_contribution.png")
     return content
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Many runs at once (a sweep: the pretrained model and every cell)
+# --------------------------------------------------------------------------------------------------------------
+
+SWEEP_SUMMARY_NAME = "gradient_profiles.csv"
+
+
+def find_run_folders(root: str | os.PathLike, max_depth: int = 2) -> list[Path]:
+    """Run folders (``model_index.json`` + ``unet/``) at most `max_depth` levels below `root`, sorted by path.
+
+    A sweep folder holds its pretrained run in ``pretrained/`` and one run per cell in ``cells/<name>/``.
+    """
+    root = Path(root)
+    found = []
+    for depth in range(1, max_depth + 1):
+        for index in sorted(root.glob("/".join(["*"] * depth) + "/model_index.json")):
+            if (index.parent / "unet").is_dir():
+                found.append(index.parent)
+    return sorted(found)
+
+
+def _summary_row(run: Path, root: Path, content: Mapping[str, Any], spec: str) -> dict[str, Any]:
+    """One CSV row: the run's sampler settings, and per quarter of [0, T) ||E g||, coherence and the share."""
+    args: dict[str, Any] = {}
+    config_file = run / "training_config.json"
+    if config_file.is_file():
+        args = json.loads(config_file.read_text()).get("args", {})
+    row: dict[str, Any] = {
+        "run": str(run.relative_to(root)),
+        "timestep_sampling": args.get("timestep_sampling"),
+        "ci_lower": args.get("ci_lower"),
+        "ci_upper": args.get("ci_upper"),
+    }
+    profile = GradientProfile.from_dict(content)
+    for key in ("mean_grad_norm", "coherence"):
+        for window in profile.window_statistic(key):
+            suffix = f"{window['t_start']}_{window['t_end']}"
+            row[f"{key}_{suffix}"] = window["value"]
+            row[f"{key}_{suffix}_se"] = window["se"]
+    for window in content["contribution"][spec]["window_shares"]:
+        suffix = f"{window['t_start']}_{window['t_end']}"
+        row[f"share_{suffix}"] = window["share"]
+        row[f"share_{suffix}_se"] = window["share_se"]
+    return row
+
+
+def profile_run_folders(
+    root: str | os.PathLike,
+    *,
+    sampler_specs: Sequence[str] = DEFAULT_SAMPLER_SPECS,
+    make_plots: bool = True,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Profile every run folder under `root` (e.g. a sweep: pretrained + cells) and compare them in one table.
+
+    Each run gets its own ``gradient_profile.json`` (and figures); `root` gets ``gradient_profiles.csv`` with one row
+    per run: its sampler settings and, per quarter of [0, T), ``||E g||``, coherence and the contribution share under
+    the first sampler spec (each with its jackknife error). Comparing the pretrained row with a cell's row shows what
+    fine-tuning with that interval did to where the model learns.
+
+    Args:
+        root (`str` or `os.PathLike`): The folder to search (see :func:`find_run_folders`).
+        sampler_specs (`Sequence[str]`): Samplers of every profile; the first one is summarised in the table.
+        make_plots (`bool`, defaults to `True`): Write each run's figures.
+        **kwargs: Passed to :func:`profile_run` (and on to :func:`estimate_gradient_profile`).
+
+    Returns:
+        `list[dict]`: The rows of ``gradient_profiles.csv``.
+    """
+    import csv
+
+    root = Path(root)
+    runs = find_run_folders(root)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (model_index.json + unet/) in {root} or its subfolders")
+    rows = []
+    for run in runs:
+        profile, _ = profile_run(run, **kwargs)
+        content = write_gradient_profile(profile, run, sampler_specs=sampler_specs, make_plots=make_plots)
+        rows.append(_summary_row(run, root, content, sampler_specs[0]))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = root / f".{SWEEP_SUMMARY_NAME}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, root / SWEEP_SUMMARY_NAME)
+    return rows

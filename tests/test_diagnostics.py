@@ -330,3 +330,24 @@ def test_cli_on_a_plain_pipeline_folder_takes_data_flags_and_the_unet_size(tiny_
     assert content["settings"]["source"]["data"]["resolution"] == 16
     assert content["settings"]["batch_size"] == 20  # no run config: 32, capped at the 20 samples
     assert (out / "gradient_profile.json").is_file() and not (out / "plots").exists()
+
+
+def test_cli_profiles_every_run_of_a_sweep_folder(tiny_runs, tmp_path):
+    import csv
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_runs["image"], sweep / "pretrained")
+    shutil.copytree(tiny_runs["image"], sweep / "cells" / "ci-0075-0100-seed0")
+    result = diagnose_cli.main([str(sweep), "--num_bins", "4", "--num_batches", "3", "--diagnose_batch_size", "8",
+                                "--samplers", "uniform,ci:75-100", "--no_plots"])  # fmt: skip
+    for run in ("pretrained", "cells/ci-0075-0100-seed0"):
+        assert (sweep / run / "gradient_profile.json").is_file()
+    with open(sweep / "gradient_profiles.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["run"] for row in rows] == ["cells/ci-0075-0100-seed0", "pretrained"]
+    assert sum(float(rows[0][f"share_{lo}_{lo + 25}"]) for lo in (0, 25, 50, 75)) == pytest.approx(1.0)
+    # The same model, data and seeds: the two profiles agree exactly.
+    assert rows[0]["coherence_0_25"] == rows[1]["coherence_0_25"]
+    assert len(result["runs"]) == 2
+    with pytest.raises(ValueError, match="--output_dir"):
+        diagnose_cli.main([str(sweep), "--output_dir", str(tmp_path / "x")])

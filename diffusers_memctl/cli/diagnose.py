@@ -15,7 +15,11 @@ from ..args import DataArguments, DiagnosticsArguments, parse_arguments
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="Run folder, saved pipeline folder, or Hub id of one.")
+    parser.add_argument(
+        "model",
+        help="Run folder, saved pipeline folder, Hub id of one, or a folder of runs (a sweep: every run in it is "
+        "profiled and compared in gradient_profiles.csv).",
+    )
     parser.add_argument(
         "--output_dir", default=None, help="Where to write (default: the run folder itself when it is local)."
     )
@@ -33,32 +37,49 @@ def _specs(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     """Profile a model and write ``gradient_profile.json`` (and figures); returns the file's content."""
     import torch
+    from diffusers import DDPMScheduler
 
-    from ..diagnostics import profile_run, resolve_sampler_spec, write_gradient_profile
+    from ..diagnostics import (
+        find_run_folders,
+        profile_run,
+        profile_run_folders,
+        resolve_sampler_spec,
+        write_gradient_profile,
+    )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (data_args, d), rest = parse_arguments(
         [DataArguments, DiagnosticsArguments], argv, description=__doc__, extra=_positional
     )
     specs = _specs(d.samplers)
+    for spec in specs:  # fail on a bad spec before measuring anything
+        resolve_sampler_spec(spec, DDPMScheduler().alphas_cumprod)
     local = Path(rest.model).expanduser()
+    device = rest.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    measure = {
+        "data_args": data_args,
+        "num_bins": d.num_bins,
+        "num_batches": d.num_batches,
+        "batch_size": d.diagnose_batch_size,
+        "seed": d.diagnose_seed,
+        "timestep_mode": d.timestep_mode,
+        "per_sample_batches": d.per_sample_batches,
+        "device": device,
+    }
+    if local.is_dir() and not (local / "model_index.json").is_file() and find_run_folders(local):
+        if rest.output_dir is not None:
+            raise ValueError(
+                f"--output_dir cannot be used with a folder of runs ({local}): each run gets its own profile"
+            )
+        rows = profile_run_folders(local, sampler_specs=specs, make_plots=not rest.no_plots, **measure)
+        last = [key for key in rows[0] if key.startswith("share_") and not key.endswith("_se")][-1]
+        for row in rows:
+            print(f"{row['run']:40s} {last} under {specs[0]}: {row[last]:.3f} ± {row[last + '_se']:.3f}")
+        return {"runs": rows}
     if rest.output_dir is None and not local.is_dir():
         raise ValueError(f"--output_dir is required when the model ({rest.model}) is not a local folder")
     output_dir = Path(rest.output_dir) if rest.output_dir else local
-    device = rest.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    profile, _ = profile_run(
-        rest.model,
-        data_args=data_args,
-        num_bins=d.num_bins,
-        num_batches=d.num_batches,
-        batch_size=d.diagnose_batch_size,
-        seed=d.diagnose_seed,
-        timestep_mode=d.timestep_mode,
-        per_sample_batches=d.per_sample_batches,
-        device=device,
-    )
-    for spec in specs:  # fail on a bad spec before writing anything
-        resolve_sampler_spec(spec, profile.alphas_cumprod)
+    profile, _ = profile_run(rest.model, **measure)
     content = write_gradient_profile(profile, output_dir, sampler_specs=specs, make_plots=not rest.no_plots)
     _print_summary(content)
     return content
