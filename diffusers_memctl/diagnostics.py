@@ -5,9 +5,9 @@ gradient contribution of a timestep falls with t, that high-SNR (low t) gradient
 CI-normal sampler with a later mean moves the contribution toward low-SNR steps. This module measures it.
 
 For each of `num_bins` equal bins of [0, T) the denoising loss is differentiated on `num_batches` seeded
-mini-batches whose timesteps are fixed in advance: by default every sample gets its own uniform timestep inside the
-bin (``timestep_mode="stratified"``: the bin's average gradient), or all sit at the bin's midpoint. From the Gram matrix ``G_ij = g_i . g_j`` of the flattened batch
-gradients ``g_1 ... g_B`` of a bin:
+mini-batches whose timesteps are fixed by the bin, not drawn from a sampler: by default every sample gets its own
+uniform timestep inside the bin (``timestep_mode="stratified"``: the bin's average gradient), or all sit at the bin's
+midpoint. From the Gram matrix ``G_ij = g_i . g_j`` of the flattened batch gradients ``g_1 ... g_B`` of a bin:
 
 - ``E||g||``: the mean per-batch gradient norm, ``mean_i sqrt(G_ii)``;
 - ``||E g||``: the norm of the expected gradient, estimated without the noise bias of ``||mean_i g_i||`` by the

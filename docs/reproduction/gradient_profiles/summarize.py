@@ -21,6 +21,8 @@ MODELS = {
     "digits": "digits 16x16, 1,797 images",
     "ecg_normal": "ECG5000 normal beats",
     "digits32": "32 digits (memorization regime)",
+    "digits32_ft_uniform": "32 digits, fine-tuned 1000 more steps with uniform sampling",
+    "digits32_ft_ci750": "32 digits, fine-tuned 1000 more steps with CI [750, 1000]",
 }
 Z = 1.959964
 
@@ -110,9 +112,11 @@ def main() -> None:
     }
     for name, content in contents.items():
         print("\n".join(summarize(name, content)))
-    # The memorization-regime model against the full-data one: same network, 32 images instead of 1,797.
-    if "digits32" in contents and "digits" in contents:
-        print("\n".join(compare("digits32", "digits", contents)))
+    # The memorization-regime model against the full-data one (same network, 32 images instead of 1,797), and what
+    # 1000 steps of fine-tuning on [750, 1000] do against 1000 steps of uniform fine-tuning.
+    for name, reference in (("digits32", "digits"), ("digits32_ft_ci750", "digits32_ft_uniform")):
+        if name in contents and reference in contents:
+            print("\n".join(compare(name, reference, contents)))
 
 
 if __name__ == "__main__":
