@@ -7,6 +7,7 @@ a 1D U-Net and pipeline for signals, memorization and distribution metrics, swee
 
 __version__ = "0.1.0"
 
+from .diagnostics import GradientProfile, contribution_shares, estimate_gradient_profile, profile_run
 from .features import DEFAULT_FEATURE_EXTRACTOR, FeatureCache, FeatureExtractor
 from .loss_weighting import (
     LOSS_WEIGHTINGS,
@@ -60,6 +61,7 @@ __all__ = [
     "DDPM1DPipeline",
     "FeatureCache",
     "FeatureExtractor",
+    "GradientProfile",
     "MemCtlDDIMScheduler",
     "MemCtlDDPMScheduler",
     "MemorizationControlMixin",
@@ -73,11 +75,13 @@ __all__ = [
     "compute_loss_weights",
     "compute_metrics",
     "compute_snr",
+    "contribution_shares",
     "create_timestep_sampler",
     "create_unet_1d",
     "create_unet_2d",
     "density_coverage",
     "feature_reference_metrics",
+    "estimate_gradient_profile",
     "importance_weights",
     "mean_l2",
     "memorized_fraction",
@@ -88,6 +92,7 @@ __all__ = [
     "p2_weights",
     "pca_distribution_distances",
     "precision_recall",
+    "profile_run",
     "reference_metrics",
     "replication_score",
     "signal_js",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 __all__ = [
     "DataArguments",
+    "DiagnosticsArguments",
     "EvaluationArguments",
     "HubArguments",
     "ModelArguments",
@@ -236,6 +237,33 @@ class SweepArguments:
         "Memorization study: comma-separated seeds of the independent pretrainings (the replicates); each also "
         "draws its own training subset.",
         default=None,
+    )
+
+
+@dataclass
+class DiagnosticsArguments:
+    """Settings of ``memctl-diagnose`` (per-timestep gradient profile, `diffusers_memctl.diagnostics`)."""
+
+    num_bins: int = _help("Equal timestep bins over [0, T).", default=20)
+    num_batches: int = _help("Seeded mini-batches per bin (>= 3; errors shrink as 1/sqrt(N)).", default=16)
+    diagnose_batch_size: int | None = _help(
+        "Samples per mini-batch (default: the run's train_batch_size, else 32; at most the number of samples).",
+        default=None,
+    )
+    diagnose_seed: int = _help("Seed of the batches' data, noise and timesteps.", default=0)
+    timestep_mode: str = _help(
+        "'stratified': each sample gets a uniform timestep inside the bin (the bin's average gradient); "
+        "'midpoint': every batch sits at the bin's midpoint timestep.",
+        default="stratified",
+    )
+    per_sample_batches: int = _help(
+        "Batches per bin whose per-sample gradients (torch.func) give the per-sample alignment (0 disables).",
+        default=0,
+    )
+    samplers: str = _help(
+        "Comma-separated samplers for the contribution shares: uniform, ci:LOWER-UPPER, importance:ci:LOWER-UPPER, "
+        "a timestep_sampling name (logit_normal, mode, cosmap, edm_lognormal, beta), each optionally +min_snr or +p2.",
+        default="uniform,ci:0-250,ci:500-1000,ci:750-1000,logit_normal,uniform+min_snr,uniform+p2",
     )
 
 
