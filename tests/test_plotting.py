@@ -258,6 +258,7 @@ def test_signal_overlay_draws_at_most_max_items():
 def test_write_sweep_report(tmp_path):
     rows = make_rows()
     analysis = analyze_sweep(rows)
+    analysis["cell_level_correlations"] = analyze_sweep(rows, unit="cell")["correlations"]
     figures = {
         "mean_l2 heatmap": plotting.save_figure(
             plotting.plot_metric_heatmap(rows, "mean_l2"), tmp_path / "plots/heat"
@@ -271,14 +272,31 @@ def test_write_sweep_report(tmp_path):
     text = path.read_text()
     assert "![mean_l2 heatmap](plots/heat.png)" in text
     assert "![mean_l2 vs mean](plots/mean.png)" in text
-    assert "| metric | vs | Pearson r | 95% CI (Fisher z) | p | n | Spearman rho |" in text
+    assert "| metric | vs | r, cell means [95% CI] | p | n | r, runs [95% CI] | p | n | paper r |" in text
     pearson = analysis["correlations"]["mean_l2"]["ci_mean"]["pearson"]
+    cell = analysis["cell_level_correlations"]["mean_l2"]["ci_mean"]["pearson"]
+    assert cell["n"] == analysis["n_cells"] < pearson["n"]
     row = next(line for line in text.splitlines() if line.startswith("| mean_l2 | ci_mean |"))
-    assert f"{pearson['r']:+.4f}" in row
-    assert f"[{pearson['ci_low']:+.4f}, {pearson['ci_high']:+.4f}]" in row
+    assert f"{pearson['r']:+.3f} [{pearson['ci_low']:+.4f}, {pearson['ci_high']:+.4f}]" in row
+    assert f"{cell['r']:+.3f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]" in row
+    assert "## In short" in text and "**one** pretrained model" in text
     assert "-0.7388" in row and "[-0.8212, -0.6263]" in row  # the paper's numbers beside ours
     assert re.search(r"\| ci_0_1000 \| ci_normal \| 0 \| 1000 \| 500 \| 1000 \| 2 \|", text)
     assert "## Uniform baseline" in text
+
+
+def test_report_of_few_cells_gives_no_correlation_table_and_says_why(tmp_path):
+    rows = [r for r in make_rows() if r["cell"] in ("ci_0_1000", "ci_250_1000")]
+    text = plotting.write_sweep_report(tmp_path, rows, analyze_sweep(rows)).read_text()
+    assert "Only 2 CI cell(s): too few for a correlation" in text
+    assert "| metric | vs |" not in text
+
+
+def test_heatmap_of_a_constant_metric_has_no_colour_bar():
+    rows = [{**r, "memorized_fraction": 0.0} for r in make_rows()]
+    fig = plotting.plot_metric_heatmap(rows, "memorized_fraction")
+    assert len(fig.axes) == 1 and "constant: 0 in every cell" in fig.axes[0].get_title()
+    assert len(plotting.plot_metric_heatmap(rows, "mean_l2").axes) == 2
 
 
 def test_report_compares_cells_on_the_same_timesteps_relative_to_uniform(tmp_path):
