@@ -5,7 +5,7 @@
 Writes gradient_profile.json and plots/gradient_*.png; the work is done by `diffusers_memctl.diagnostics`.
 """
 
-from diffusers_memctl.cli.diagnose import cli
+from diffusers_memctl.cli.diagnose import cli, main  # noqa: F401  (main: for runpy users)
 
 if __name__ == "__main__":
     cli()
