@@ -143,8 +143,16 @@ class TrainingArguments:
 class EvaluationArguments:
     eval_num_samples: int = _help("Samples generated for the metric report after training (0 disables).", default=1000)
     eval_batch_size: int = _help("Generation batch size.", default=250)
+    eval_sampler: Literal["ddim", "ddpm"] = _help(
+        "Sampler of the evaluation: 'ddim' (deterministic, 50 steps by default) or 'ddpm' (ancestral; with the "
+        "default steps this is the paper's 1000-step setting, about 20x slower).",
+        default="ddim",
+    )
     num_inference_steps: int | None = _help(
-        "Denoising steps; omitted = DDPM with the training T, otherwise DDIM with this many steps.", default=None
+        "Denoising steps; omitted = 50 for ddim, the training T for ddpm.", default=None
+    )
+    eval_mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
+        "Precision of the model calls while generating; omitted = the run's --mixed_precision.", default=None
     )
     eval_seed: int = _help("Seed of the generated samples.", default=0)
     pca_components: int = _help("PCA components for the distribution metrics.", default=2)
@@ -268,7 +276,12 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dict[str, Any]) -> argparse.Action:
     tp, _ = _unwrap_optional(hints[f.name])
-    kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+    # The default is shown in --help but not set on the namespace (SUPPRESS), so --config values are not overridden.
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs: dict[str, Any] = {
+        "help": f"{f.metadata.get('help', '')} (default: {default})",
+        "default": argparse.SUPPRESS,
+    }
     if tp is bool:
         kwargs.update(type=_str2bool, nargs="?", const=True)
     elif typing.get_origin(tp) is Literal:

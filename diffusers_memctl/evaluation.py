@@ -9,6 +9,7 @@ Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the nu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
+from .generation import estimate_generation_seconds, generate_samples, make_sampler
 
 __all__ = [
     "METRICS_SCHEMA_VERSION",
@@ -30,6 +31,8 @@ __all__ = [
 
 METRICS_SCHEMA_VERSION = 1
 
+logger = logging.getLogger(__name__)
+
 
 def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
     """Keyword arguments of :func:`evaluate_run` from an `EvaluationArguments` instance (one mapping for every caller)."""
@@ -38,6 +41,8 @@ def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
         "num_samples": e.eval_num_samples,
         "batch_size": e.eval_batch_size,
         "num_inference_steps": e.num_inference_steps,
+        "sampler": e.eval_sampler,
+        "mixed_precision": e.eval_mixed_precision,
         "seed": e.eval_seed,
         "pca_components": e.pca_components,
         "pca_fit_on": e.pca_fit_on,
@@ -95,85 +100,6 @@ def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.
     return unet, scheduler_config
 
 
-def _inference_scheduler(scheduler_config: Any, num_inference_steps: int | None):
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    config = {k: v for k, v in dict(scheduler_config).items() if k not in MEMCTL_CONFIG_DEFAULTS}
-    if num_inference_steps is None:
-        return DDPMScheduler.from_config(config), config["num_train_timesteps"]
-    return DDIMScheduler.from_config(config), num_inference_steps
-
-
-@torch.no_grad()
-def generate_samples(
-    unet: torch.nn.Module,
-    scheduler_config: Any,
-    modality: str,
-    *,
-    num_samples: int,
-    batch_size: int = 250,
-    num_inference_steps: int | None = None,
-    seed: int = 0,
-    sample_shape: list[int] | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Generate samples in the model's value range with the diffusers pipeline of the modality.
-
-    Images go through `DDPMPipeline` and come back in [-1, 1] as ``(N, C, H, W)``; signals through `DDPM1DPipeline`
-    as ``(N, C, L)``. Batch ``i`` uses a generator seeded with ``(seed, i)``, so N samples are reproducible and
-    independent of the batch size's effect on other batches.
-
-    Args:
-        unet (`torch.nn.Module`): The denoiser.
-        scheduler_config: The training scheduler (or its config).
-        modality (`str`): ``"image"`` or ``"signal"``.
-        num_samples (`int`): Number of samples.
-        batch_size (`int`, defaults to 250): Samples per pipeline call.
-        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; otherwise DDIM with this many steps.
-        seed (`int`, defaults to 0): Seed of the generation.
-        sample_shape (`list[int]`, *optional*): ``[C, L]`` of signals (defaults to the model's config).
-        progress (`bool`, defaults to `True`): Show the pipelines' progress bars.
-        device (`str` or `torch.device`, *optional*): Device (defaults to the model's).
-
-    Returns:
-        `torch.Tensor`: float32 samples on the CPU.
-    """
-    from diffusers import DDPMPipeline
-
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
-    config = scheduler_config.config if hasattr(scheduler_config, "config") else scheduler_config
-    scheduler, steps = _inference_scheduler(config, num_inference_steps)
-    device = torch.device(device) if device is not None else next(unet.parameters()).device
-    if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
-
-        pipeline = DDPM1DPipeline(unet=unet, scheduler=scheduler)
-    else:
-        pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
-    pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=not progress, leave=False)
-    outputs = []
-    for index, start in enumerate(range(0, num_samples, batch_size)):
-        count = min(batch_size, num_samples - start)
-        state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-        generator = torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
-        if modality == "signal":
-            length = sample_shape[-1] if sample_shape else None
-            batch = pipeline(
-                batch_size=count, generator=generator, num_inference_steps=steps, length=length, output_type="pt"
-            )
-            outputs.append(batch.signals.float().cpu())
-        else:
-            images = pipeline(
-                batch_size=count, generator=generator, num_inference_steps=steps, output_type="np"
-            ).images
-            # DDPMPipeline returns (N, H, W, C) in [0, 1]; back to the training range and layout.
-            outputs.append(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() * 2.0 - 1.0)
-    return torch.cat(outputs)
-
-
 def _write_atomic_bytes(path: Path, writer) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
@@ -187,6 +113,8 @@ def evaluate_run(
     num_samples: int = 1000,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
+    sampler: str = "ddim",
+    mixed_precision: str | None = None,
     seed: int = 0,
     pca_components: int = 2,
     pca_fit_on: str = "train",
@@ -206,7 +134,10 @@ def evaluate_run(
         run_dir (`str` or `os.PathLike`): A run folder (or a Hub id holding one).
         num_samples (`int`, defaults to 1000): Generated samples (the paper's N).
         batch_size (`int`, defaults to 250): Generation batch size.
-        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; else DDIM steps.
+        num_inference_steps (`int`, *optional*): Steps (default: 50 for DDIM, the training T for DDPM).
+        sampler (`str`, defaults to `"ddim"`): ``"ddim"`` or ``"ddpm"`` (the paper: ``"ddpm"`` with T steps).
+        mixed_precision (`str`, *optional*): ``"no"``, ``"bf16"`` or ``"fp16"`` for the model calls of the
+            generation (default: the run's own ``mixed_precision``).
         seed (`int`, defaults to 0): Generation seed.
         pca_components (`int`, defaults to 2): PCA components K.
         pca_fit_on (`str`, defaults to `"train"`): Fit PCA on `"train"` or `"both"`.
@@ -243,6 +174,34 @@ def evaluate_run(
     training = training_data.samples
     timings["load_training_data_s"] = time.perf_counter() - tic
 
+    if mixed_precision is None:
+        mixed_precision = config["args"].get("mixed_precision") or "no"
+    _, steps = make_sampler(scheduler_config, sampler, num_inference_steps)
+    sample_shape = list(training.shape[1:])
+    estimate = estimate_generation_seconds(
+        unet,
+        modality,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        steps=steps,
+        sample_shape=sample_shape,
+        device=device,
+        mixed_precision=mixed_precision,
+    )
+    logger.info(
+        "evaluating %s: %d samples, %s %d steps, batch %d, %s, %s; generation takes about %.0f s, then metrics "
+        "against %d training samples",
+        run_path.name,
+        num_samples,
+        sampler.upper(),
+        steps,
+        batch_size,
+        device,
+        "bf16 autocast" if mixed_precision == "bf16" else mixed_precision.replace("no", "float32"),
+        estimate,
+        training.shape[0],
+    )
+    timings["generate_estimate_s"] = estimate
     tic = time.perf_counter()
     generated = generate_samples(
         unet,
@@ -250,11 +209,13 @@ def evaluate_run(
         modality,
         num_samples=num_samples,
         batch_size=batch_size,
-        num_inference_steps=num_inference_steps,
+        sampler=sampler,
+        num_inference_steps=steps,
         seed=seed,
-        sample_shape=list(training.shape[1:]),
+        sample_shape=sample_shape,
         progress=progress,
         device=device,
+        mixed_precision=mixed_precision,
     )
     timings["generate_s"] = time.perf_counter() - tic
     if not torch.isfinite(generated).all():
@@ -289,8 +250,9 @@ def evaluate_run(
         "num_samples": num_samples,
         "seed": seed,
         "settings": {
-            "num_inference_steps": num_inference_steps,
-            "sampler": "ddpm" if num_inference_steps is None else "ddim",
+            "num_inference_steps": steps,
+            "sampler": sampler,
+            "mixed_precision": mixed_precision,
             "batch_size": batch_size,
             "pca_components": pca_components,
             "pca_fit_on": pca_fit_on,

@@ -687,7 +687,7 @@ def _save_preview(
     accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options
 ) -> None:
     """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/``."""
-    from .evaluation import generate_samples
+    from .generation import generate_samples
     from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
@@ -704,6 +704,7 @@ def _save_preview(
             seed=options.evaluation.eval_seed,
             sample_shape=data.sample_shape,
             progress=False,
+            mixed_precision=options.training.mixed_precision,
         )
         if data.modality == "image":
             figure = plot_image_nn_grid(generated.numpy(), data.samples[:16].numpy(), max_items=16)

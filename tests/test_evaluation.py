@@ -151,13 +151,20 @@ def test_seeded_generation_is_reproducible_and_the_seed_matters(image_run):
     assert not np.allclose(first, other)
 
 
-@pytest.mark.parametrize("steps", [None, 5])
-def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_runs, steps):
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 5)])
+def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_runs, sampler, steps):
     unet, scheduler_config = load_run_pipeline(trained_runs["image"], "image")
     calls = []
     unet.register_forward_hook(lambda module, args, output: calls.append(args[1]))
     samples = generate_samples(
-        unet, scheduler_config, "image", num_samples=3, batch_size=2, num_inference_steps=steps, progress=False
+        unet,
+        scheduler_config,
+        "image",
+        num_samples=3,
+        batch_size=2,
+        sampler=sampler,
+        num_inference_steps=steps,
+        progress=False,
     )
     assert samples.shape == (3, 1, 16, 16) and torch.isfinite(samples).all()
     per_batch = T if steps is None else steps
@@ -168,8 +175,8 @@ def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_ru
 
 
 def test_evaluate_run_with_ddpm_sampling_records_it(signal_run):
-    report = evaluate_run(signal_run, num_samples=2, make_plots=False, progress=False)
-    assert report["settings"]["sampler"] == "ddpm" and report["settings"]["num_inference_steps"] is None
+    report = evaluate_run(signal_run, num_samples=2, sampler="ddpm", make_plots=False, progress=False)
+    assert report["settings"]["sampler"] == "ddpm" and report["settings"]["num_inference_steps"] == T
     assert "plots_s" not in report["timings"] and not (signal_run / "plots").exists()
     with np.load(signal_run / "samples.npz") as archive:
         assert archive["samples"].shape == (2, 1, 140)
