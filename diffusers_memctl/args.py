@@ -361,7 +361,7 @@ def parse_arguments(
                 value = values[key] = action.type(value)
             except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 parser.error(f"--config {namespace.config}: invalid value {value!r} for {key}: {err}")
-        if action.choices is not None and value not in action.choices:
+        if action.choices is not None and value is not None and value not in action.choices:
             parser.error(f"--config {namespace.config}: {key}={value!r} is not one of {list(action.choices)}")
     values.update({k: v for k, v in vars(namespace).items() if k in owners})
     instances = [
