@@ -48,31 +48,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(config))
     pipeline.set_progress_bar_config(disable=True)
 
-    def theirs() -> torch.Tensor:
+    def theirs(steps: int = args.steps) -> torch.Tensor:
         generator = _batch_generator(0, 0)
-        out = pipeline(
-            batch_size=args.batch_size, generator=generator, num_inference_steps=args.steps, output_type="pt"
-        )
+        out = pipeline(batch_size=args.batch_size, generator=generator, num_inference_steps=steps, output_type="pt")
         return out.images * 2.0 - 1.0
 
-    def ours(precision: str) -> torch.Tensor:
+    def ours(precision: str, steps: int = args.steps) -> torch.Tensor:
         return generate_samples(
             unet,
             config,
             "image",
             num_samples=args.batch_size,
             batch_size=args.batch_size,
-            num_inference_steps=args.steps,
+            num_inference_steps=steps,
             progress=False,
             device=args.device,
             mixed_precision=precision,
         )
 
-    sides = {"DDIMPipeline (float32)": theirs, "ours float32": lambda: ours("no"), "ours bf16": lambda: ours("bf16")}
+    sides = {
+        "DDIMPipeline (float32)": theirs,
+        "ours float32": lambda steps=args.steps: ours("no", steps),
+        "ours bf16": lambda steps=args.steps: ours("bf16", steps),
+    }
     times: dict[str, list[float]] = {name: [] for name in sides}
     outputs: dict[str, torch.Tensor] = {}
-    for run in sides.values():  # untimed warm-up: oneDNN primitives, allocator, thread pool
-        run()
+    for run in sides.values():  # untimed warm-up (2 steps): oneDNN primitives, allocator, thread pool
+        run(2)
     for _ in range(args.repeats):
         for name, run in sides.items():
             start = time.perf_counter()
