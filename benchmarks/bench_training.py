@@ -408,6 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", action="store_true", help="Only the bf16 rows (float32 vs bf16 steps).")
     parser.add_argument("--precision_steps", type=int, default=2, help="Timed steps per precision and preset.")
     parser.add_argument("--profile", action="store_true", help="With --precision: top operators per step.")
+    parser.add_argument("--precision_presets", default="small,paper", help="With --precision: presets to run.")
     args = parser.parse_args(argv)
     if args.steps < args.warmup_steps + 2:
         parser.error("--steps must be at least --warmup_steps + 2")
@@ -442,16 +443,15 @@ def _top_ops(model, ema, optimizer, clean, generator, bf16: bool, rows: int = 8)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def run_precision(args: argparse.Namespace) -> str:
+def run_precision(args: argparse.Namespace) -> None:
     """The bf16 rows: float32 and bf16 steps alternating on one model per preset."""
     from diffusers.training_utils import EMAModel
 
-    lines = [
-        "| preset | resolution, batch | float32 s/step | bf16 s/step | ratio float32 / bf16 |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
-    profiles = []
+    print("| preset | resolution, batch | float32 s/step | bf16 s/step | ratio float32 / bf16 |", flush=True)
+    print("| --- | --- | ---: | ---: | ---: |", flush=True)
     for preset, resolution, batch in PRECISION_CASES:
+        if preset not in args.precision_presets.split(","):
+            continue
         model = create_unet_2d(preset, resolution=resolution, in_channels=3).to(args.device).train()
         ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, foreach=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -465,24 +465,23 @@ def run_precision(args: argparse.Namespace) -> str:
                     times[bf16].append(seconds)
         assert {p.dtype for p in model.parameters()} == {torch.float32}
         full, half = min(times[False]), min(times[True])
-        lines.append(
-            f"| {preset} | {resolution}x{resolution}, {batch} | {full:.3f} | {half:.3f} | {full / half:.2f}x |"
-        )
+        steps = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(times[False], times[True]))
+        row = f"| {preset} | {resolution}x{resolution}, {batch} | {full:.3f} | {half:.3f} | {full / half:.2f}x |"
+        print(f"{row}  (float32/bf16 per step: {steps})", flush=True)
         if args.profile:
             for bf16 in (True, False):
                 table = _top_ops(model, ema, optimizer, clean, generator, bf16)
-                profiles.append(f"{preset}, {'bf16' if bf16 else 'float32'} step:\n{table}")
+                print(f"{preset}, {'bf16' if bf16 else 'float32'} step:\n{table}", flush=True)
         del model, ema, optimizer
         gc.collect()
-    return "\n".join(lines + profiles)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.precision:
-        print("\n".join(machine_info(args)))
-        print(run_precision(args))
+        print("\n".join(machine_info(args)), flush=True)
+        run_precision(args)
         return
     datasets.disable_progress_bars()
     diffusers.utils.logging.set_verbosity_error()
