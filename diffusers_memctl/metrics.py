@@ -286,7 +286,7 @@ def nearest_neighbors(
 
     - `"bfloat16"` (the default where the device has bf16 matmuls: oneDNN on CPUs, AVX512-BF16/AMX where present):
       one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
-      `||bf16(a)|| ||r_b|| + ||r_a|| ||b|| + gamma_D ||bf16(a)|| ||bf16(b)|| + u_bf16 |result|` (residual norms are
+      `||bf16(a)|| ||r_b|| + ||r_a|| ||b|| + gamma_D ||bf16(a)|| ||bf16(b)|| + 2 u_bf16 |result|` (residual norms are
       computed exactly). Every training sample whose lower bound exceeds the k-th smallest upper bound is provably not
       among the k nearest; all others are re-ranked exactly. Rows where the bound does not separate (more than
       1/16 of the training set inside it) are searched again with the float32 path.
@@ -407,7 +407,8 @@ def _bf16_bounds(
     With `a = bf16(a) + r_a` exactly, `a.b - bf16(a).bf16(b) = bf16(a).r_b + r_a.b`, bounded by Cauchy-Schwarz. The
     GEMM multiplies bf16 values exactly in float32, sums `dim` products in float32 (error <= gamma_dim times the sum
     of absolute products <= gamma_dim ||bf16(a)|| ||bf16(b)||, any summation order), rounds the sum once to bf16
-    (relative u_bf16 / (1 - u_bf16) of the result) and may flush subnormals (an absolute term). The float64
+    (at most 2 u_bf16 / (1 - 2 u_bf16) of the result, by truncation or to nearest) and may flush subnormals (an
+    absolute term). The float64
     assembly of `||a||^2 + ||b||^2 - 2 a.b` adds a relative `(dim + 16) 2^-50`. Bounds are widened by 2^-20 for
     the float64 rounding of the bound itself.
 
@@ -425,7 +426,8 @@ def _bf16_bounds(
     u_bf16 = 2.0**-8
     flush = dim * 2.0**-124
     sq = dots.to(torch.float64)
-    bound = sq.abs().mul_(2.0 * u_bf16 / (1.0 - u_bf16))
+    # 2 u / (1 - 2 u) of the result covers a final rounding by truncation as well as to nearest.
+    bound = sq.abs().mul_(2.0 * (2.0 * u_bf16) / (1.0 - 2.0 * u_bf16))
     sq.mul_(-2.0).add_(gen_sq[:, None]).add_(train_sq[None, :])
     bound.addr_(gen_low, train_res, alpha=2.0)
     bound.addr_(gen_res, train_sq.sqrt() * (1.0 + 2.0**-40), alpha=2.0)
@@ -452,7 +454,7 @@ def _refine_candidates(
     dim = queries.shape[1]
     if width <= k:
         return _select_k(_exact_distances(queries, train, index), index, k)
-    dtype = queries.dtype
+    dtype = torch.promote_types(queries.dtype, train.dtype)  # no input is rounded
     if dtype == torch.float32 and _candidate_precision(queries.device)[0] == torch.float64:
         dtype = torch.float64
     unit = 2.0**-24 if dtype == torch.float32 else 2.0**-53

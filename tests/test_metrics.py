@@ -538,3 +538,13 @@ def test_bf16_bound_holds_for_correlated_data():
 def test_nearest_neighbors_rejects_unknown_candidates():
     with pytest.raises(ValueError, match="candidates"):
         nearest_neighbors(np.zeros((2, 3)), np.zeros((4, 3)), candidates="int8")
+
+
+def test_nearest_neighbors_mixed_float32_and_float64_inputs_stay_exact():
+    # float32 queries against float64 training samples that differ from their float32 roundings: the filter must not
+    # round the training samples to float32. Point 1 is nearer than point 0 by less than float32 can represent.
+    query = np.array([[0.5, 0.25, 0, 0]], np.float32)
+    train = np.array([[1.0, 0, 0, 0], [1.0 - 1e-12, 0, 0, 0], [3.0, 0, 0, 0], [4.0, 0, 0, 0]], np.float64)
+    for candidates in ("bfloat16", "float32"):
+        _, indices = nearest_neighbors(torch.from_numpy(query), torch.from_numpy(train), k=2, candidates=candidates)
+        assert indices.tolist() == [[1, 0]]
