@@ -202,6 +202,21 @@ def _bf16_matmul_supported(device: torch.device) -> bool:
     return False
 
 
+def _bf16_candidates_by_default(device: torch.device) -> bool:
+    """`candidates="auto"`: bf16 where its GEMM is many times the float32 one, i.e. CPUs with AMX tiles and GPUs.
+
+    On a 2-core AMD EPYC with AVX512-BF16 but no AMX (the development machine), the bf16 GEMM was 4x the float32 one
+    but the bf16 path as a whole was measured at about half the speed of the float32 path (its extra passes over the
+    training set and candidate gathers are memory-bound), so such CPUs keep float32.
+    """
+    if not _bf16_matmul_supported(device):
+        return False
+    if device.type == "cuda":
+        return True
+    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    return bool(init_amx is not None and init_amx())
+
+
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
     """Row-wise squared norms accumulated in float64, in row blocks (no full-size float64 copy)."""
     rows = max(1, _NORM_BLOCK_ELEMENTS // x.shape[1])
@@ -284,8 +299,7 @@ def nearest_neighbors(
     the true k nearest neighbours, from a rigorous bound on the rounding error of the pre-selection (Higham, "Accuracy
     and Stability of Numerical Algorithms", 2002, Sec. 3.1 and 3.5):
 
-    - `"bfloat16"` (the default where the device has bf16 matmuls: oneDNN on CPUs, AVX512-BF16/AMX where present):
-      one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
+    - `"bfloat16"` (the default on CPUs with AMX and on GPUs; available wherever oneDNN has bf16 matmuls): one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
       `||bf16(a)|| ||r_b|| + ||r_a|| ||b|| + gamma_D ||bf16(a)|| ||bf16(b)|| + 2 u_bf16 |result|` (residual norms are
       computed exactly). Every training sample whose lower bound exceeds the k-th smallest upper bound is provably not
       among the k nearest; all others are re-ranked exactly. Rows where the bound does not separate (more than
@@ -311,8 +325,8 @@ def nearest_neighbors(
         device (`str` or `torch.device`, *optional*):
             Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
         candidates (`str`, defaults to `"auto"`):
-            Precision of the candidate search: `"auto"` (bf16 where supported, else float32), `"bfloat16"` or
-            `"float32"`. The neighbours are exact with every choice.
+            Precision of the candidate search: `"auto"` (bf16 on CPUs with AMX and on GPUs whose bf16 GEMM reduces
+            in float32, else float32), `"bfloat16"` or `"float32"`. The neighbours are exact with every choice.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: distances `(N, k)` float64 (ascending per row) and indices `(N, k)`
@@ -333,6 +347,8 @@ def _nearest_neighbors(
     # Squared norms above 1e30 would overflow float32 accumulators (and bf16 has float32's range).
     fits = max(float(gen_sq.max()), float(train_sq.max())) <= 1e30
     supported = candidates != "float32" and _bf16_matmul_supported(gen.device)
+    if candidates == "auto":
+        supported = supported and _bf16_candidates_by_default(gen.device)
     if candidates == "bfloat16" and not supported:
         raise ValueError(
             f"candidates='bfloat16' needs bf16 matmuls with float32 accumulation on {gen.device}: unavailable here "
