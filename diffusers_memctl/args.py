@@ -127,7 +127,11 @@ class TrainingArguments:
     ema_inv_gamma: float = _help("EMA warm-up inv_gamma.", default=1.0)
     ema_power: float = _help("EMA warm-up power.", default=0.75)
     ema_max_decay: float = _help("EMA maximum decay.", default=0.9999)
-    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Mixed precision (accelerate).", default="no")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _help(
+        "Mixed precision through accelerate: 'bf16' runs the model under torch.autocast on CPU and GPU (pays on "
+        "CPUs with bf16 units for mid-sized and large models); weights, AdamW, EMA and checkpoints stay float32.",
+        default="no",
+    )
     checkpointing_steps: int = _help("Save an accelerate checkpoint every N steps (0 disables).", default=500)
     checkpoints_total_limit: int | None = _help("Keep at most N checkpoints.", default=None)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
