@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generation import estimate_generation_seconds, generate_samples, make_sampler
+from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 
 __all__ = [
     "METRICS_SCHEMA_VERSION",
@@ -197,7 +197,7 @@ def evaluate_run(
         steps,
         batch_size,
         device,
-        "bf16 autocast" if mixed_precision == "bf16" else mixed_precision.replace("no", "float32"),
+        _precision_label(mixed_precision),
         estimate,
         training.shape[0],
     )

@@ -37,6 +37,10 @@ def autocast_context(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _precision_label(mixed_precision: str) -> str:
+    return "float32" if mixed_precision == "no" else f"{mixed_precision} autocast"
+
+
 def make_sampler(
     scheduler_config: Any, sampler: Literal["ddpm", "ddim"] = "ddim", num_inference_steps: int | None = None
 ) -> tuple[Any, int]:
@@ -165,7 +169,7 @@ def generate_samples(
     num_batches = -(-num_samples // batch_size)
     bar = tqdm(
         total=num_batches * steps,
-        desc=f"generate {num_samples} {modality}s ({sampler} {steps} steps, {mixed_precision})",
+        desc=f"generate {num_samples} {modality}s ({sampler} {steps} steps, {_precision_label(mixed_precision)})",
         disable=not progress,
         leave=False,
     )
