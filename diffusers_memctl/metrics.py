@@ -23,6 +23,7 @@ nearest neighbours are exact (see `nearest_neighbors`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -202,19 +203,30 @@ def _bf16_matmul_supported(device: torch.device) -> bool:
     return False
 
 
-def _bf16_candidates_by_default(device: torch.device) -> bool:
-    """`candidates="auto"`: bf16 where its GEMM is many times the float32 one, i.e. CPUs with AMX tiles and GPUs.
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    """AMX tiles (via torch) or AVX512-BF16 (from /proc/cpuinfo on Linux): bf16 dot products in hardware."""
+    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    if init_amx is not None and init_amx():
+        return True
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    On a 2-core AMD EPYC with AVX512-BF16 but no AMX (the development machine), the bf16 GEMM was 4x the float32 one
-    but the bf16 path as a whole was measured at about half the speed of the float32 path (its extra passes over the
-    training set and candidate gathers are memory-bound), so such CPUs keep float32.
+
+def _bf16_candidates_by_default(device: torch.device) -> bool:
+    """`candidates="auto"`: bf16 on CPUs with bf16 dot products in hardware (AVX512-BF16, AMX) and on GPUs.
+
+    Measured on a 2-core AMD EPYC with AVX512-BF16 and no AMX (benchmarks/bench_metrics.py): the bf16 path was 1.6x
+    the float32 path at load ~1-2, but 0.5x under heavy oversubscription (load 11-14), where its memory-bound extra
+    passes suffer most. CPUs that only emulate bf16 (plain AVX-512 or AVX2) keep float32.
     """
     if not _bf16_matmul_supported(device):
         return False
-    if device.type == "cuda":
-        return True
-    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
-    return bool(init_amx is not None and init_amx())
+    return device.type == "cuda" or (device.type == "cpu" and _cpu_has_native_bf16())
 
 
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
@@ -299,7 +311,8 @@ def nearest_neighbors(
     the true k nearest neighbours, from a rigorous bound on the rounding error of the pre-selection (Higham, "Accuracy
     and Stability of Numerical Algorithms", 2002, Sec. 3.1 and 3.5):
 
-    - `"bfloat16"` (the default on CPUs with AMX and on GPUs; available wherever oneDNN has bf16 matmuls): one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
+    - `"bfloat16"` (the default on CPUs with AVX512-BF16 or AMX and on GPUs; available wherever oneDNN has bf16
+      matmuls): one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
       `||bf16(a)|| ||r_b|| + ||r_a|| ||b|| + gamma_D ||bf16(a)|| ||bf16(b)|| + 2 u_bf16 |result|` (residual norms are
       computed exactly). Every training sample whose lower bound exceeds the k-th smallest upper bound is provably not
       among the k nearest; all others are re-ranked exactly. Rows where the bound does not separate (more than
@@ -325,8 +338,9 @@ def nearest_neighbors(
         device (`str` or `torch.device`, *optional*):
             Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
         candidates (`str`, defaults to `"auto"`):
-            Precision of the candidate search: `"auto"` (bf16 on CPUs with AMX and on GPUs whose bf16 GEMM reduces
-            in float32, else float32), `"bfloat16"` or `"float32"`. The neighbours are exact with every choice.
+            Precision of the candidate search: `"auto"` (bf16 on CPUs with AVX512-BF16 or AMX and on GPUs whose bf16
+            GEMM reduces in float32, else float32), `"bfloat16"` or `"float32"`. The neighbours are exact with every
+            choice.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: distances `(N, k)` float64 (ascending per row) and indices `(N, k)`
