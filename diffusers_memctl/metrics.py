@@ -23,7 +23,6 @@ nearest neighbours are exact (see `nearest_neighbors`).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +58,9 @@ ArrayLike = torch.Tensor | np.ndarray
 _DISTANCE_CHUNK_ELEMENTS = 1 << 23
 _GATHER_BLOCK_ELEMENTS = 1 << 22
 _NORM_BLOCK_ELEMENTS = 1 << 21
+# Blocks of the bf16 path (rounding the training set, gathering candidates): few large ones, since each parallel
+# region can stall on an oversubscribed machine (measured: the bf16 path is the most sensitive to load).
+_BF16_BLOCK_ELEMENTS = 1 << 24
 # Features per float32 matmul block; shorter blocks give a tighter rounding bound (gamma_B) on each dot product.
 _MATMUL_K_BLOCK = 2048
 # Extra float32 candidates kept per row beyond k before the exact float64 re-ranking.
@@ -203,30 +205,20 @@ def _bf16_matmul_supported(device: torch.device) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
-    """AMX tiles (via torch) or AVX512-BF16 (from /proc/cpuinfo on Linux): bf16 dot products in hardware."""
-    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
-    if init_amx is not None and init_amx():
-        return True
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _bf16_candidates_by_default(device: torch.device) -> bool:
-    """`candidates="auto"`: bf16 on CPUs with bf16 dot products in hardware (AVX512-BF16, AMX) and on GPUs.
+    """`candidates="auto"`: bf16 on CPUs with AMX tiles and on GPUs whose bf16 GEMM reduces in float32.
 
-    Measured on a 2-core AMD EPYC with AVX512-BF16 and no AMX (benchmarks/bench_metrics.py): the bf16 path was 1.6x
-    the float32 path at load ~1-2, but 0.5x under heavy oversubscription (load 11-14), where its memory-bound extra
-    passes suffer most. CPUs that only emulate bf16 (plain AVX-512 or AVX2) keep float32.
+    Measured on a 2-core AMD EPYC with AVX512-BF16 but no AMX (benchmarks/bench_metrics.py): the bf16 path ran at 1.6x
+    the float32 path once at load ~1, but at 0.55-0.76x in three runs at load 2.5-14 (its extra passes over the
+    training set and its candidate gathers suffer most from contention), while the float32 path held 1.0-1.7x
+    scikit-learn. Such CPUs keep the steadier float32 path; `candidates="bfloat16"` still selects bf16 there.
     """
     if not _bf16_matmul_supported(device):
         return False
-    return device.type == "cuda" or (device.type == "cpu" and _cpu_has_native_bf16())
+    if device.type == "cuda":
+        return True
+    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    return bool(device.type == "cpu" and init_amx is not None and init_amx())
 
 
 def _squared_norms(x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +238,7 @@ def _bf16_split(x: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, tor
     accumulated in float64. `||bf16(x)|| <= ||x|| + ||x - bf16(x)||` (triangle inequality) spares one pass; `norms`
     are the float64 norms of `x`.
     """
-    rows = max(1, _NORM_BLOCK_ELEMENTS // x.shape[1])
+    rows = max(1, _BF16_BLOCK_ELEMENTS // x.shape[1])
     rounded = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
     residual_norms = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], rows):
@@ -311,8 +303,8 @@ def nearest_neighbors(
     the true k nearest neighbours, from a rigorous bound on the rounding error of the pre-selection (Higham, "Accuracy
     and Stability of Numerical Algorithms", 2002, Sec. 3.1 and 3.5):
 
-    - `"bfloat16"` (the default on CPUs with AVX512-BF16 or AMX and on GPUs; available wherever oneDNN has bf16
-      matmuls): one bf16 GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
+    - `"bfloat16"` (the default on CPUs with AMX and on GPUs; available wherever oneDNN has bf16 matmuls): one bf16
+      GEMM with float32 accumulation. Writing `a = bf16(a) + r_a`, the error of each dot product is at most
       `||bf16(a)|| ||r_b|| + ||r_a|| ||b|| + gamma_D ||bf16(a)|| ||bf16(b)|| + 2 u_bf16 |result|` (residual norms are
       computed exactly). Every training sample whose lower bound exceeds the k-th smallest upper bound is provably not
       among the k nearest; all others are re-ranked exactly. Rows where the bound does not separate (more than
@@ -338,9 +330,8 @@ def nearest_neighbors(
         device (`str` or `torch.device`, *optional*):
             Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
         candidates (`str`, defaults to `"auto"`):
-            Precision of the candidate search: `"auto"` (bf16 on CPUs with AVX512-BF16 or AMX and on GPUs whose bf16
-            GEMM reduces in float32, else float32), `"bfloat16"` or `"float32"`. The neighbours are exact with every
-            choice.
+            Precision of the candidate search: `"auto"` (bf16 on CPUs with AMX and on GPUs whose bf16 GEMM reduces in
+            float32, else float32), `"bfloat16"` or `"float32"`. The neighbours are exact with every choice.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: distances `(N, k)` float64 (ascending per row) and indices `(N, k)`
@@ -490,7 +481,7 @@ def _refine_candidates(
     unit = 2.0**-24 if dtype == torch.float32 else 2.0**-53
     gamma = dim * unit / (1.0 - dim * unit)
     dots = torch.empty(rows, width, dtype=torch.float64, device=queries.device)
-    step = max(1, _GATHER_BLOCK_ELEMENTS // (width * dim))
+    step = max(1, _BF16_BLOCK_ELEMENTS // (width * dim))
     for start in range(0, rows, step):
         block = train[index[start : start + step]].to(dtype)
         dots[start : start + step] = torch.bmm(block, queries[start : start + step, :, None].to(dtype))[..., 0]

@@ -59,11 +59,12 @@ def _direct_distances(a, b):
 # ---------------------------------------------------------------------------------------------- nearest neighbours
 
 
+@pytest.mark.parametrize("candidates", ["float32", "bfloat16"])
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("shape", [(3, 8, 8), (140,), (1, 40)])
-def test_nearest_neighbors_match_sklearn_and_float64(k, shape):
+def test_nearest_neighbors_match_sklearn_and_float64(k, shape, candidates):
     gen, train = _random((60, *shape), seed=1), _random((300, *shape), seed=2)
-    distances, indices = nearest_neighbors(torch.from_numpy(gen), torch.from_numpy(train), k=k)
+    distances, indices = nearest_neighbors(torch.from_numpy(gen), torch.from_numpy(train), k=k, candidates=candidates)
     assert distances.dtype == torch.float64 and indices.dtype == torch.int64
     assert distances.shape == indices.shape == (60, k)
 
