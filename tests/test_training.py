@@ -683,8 +683,9 @@ BF16_STEPS = 8
 def test_bf16_training_tracks_float32_and_keeps_float32_weights(
     modality, shared_data, tmp_path, fresh_accelerator_state
 ):
-    # Stated tolerances: over 8 steps from the same seed, each step's bf16 loss is within 3% of the float32 loss, and
-    # the evaluation metrics of the two runs (16 DDIM samples, the run's precision) within 10%. Autocast only changes
+    # Stated tolerances: over 8 steps from the same seed, each step's bf16 loss is within 1% of the float32 loss, and
+    # the evaluation metrics of the two runs (16 DDIM samples, the run's precision) within 3% (measured on images:
+    # 0.1% and 0.05%). Autocast only changes
     # the precision of the model's matmuls and convolutions; weights, gradients, AdamW and the EMA stay float32.
     from accelerate.state import AcceleratorState
 
@@ -713,11 +714,11 @@ def test_bf16_training_tracks_float32_and_keeps_float32_weights(
     full = [r["loss"] for r in _history(runs["no"])]
     half = [r["loss"] for r in _history(runs["bf16"])]
     assert len(full) == len(half) == BF16_STEPS
-    assert max(abs(h - f) / f for h, f in zip(half, full)) < 0.03
+    assert max(abs(h - f) / f for h, f in zip(half, full)) < 0.01
     assert full != half  # bf16 did change the arithmetic
     assert reports["bf16"]["settings"]["mixed_precision"] == "bf16"
     for name in ("nn_l2_mean", "mean_l2", "nn_ratio_mean"):
-        assert reports["bf16"]["metrics"][name] == pytest.approx(reports["no"]["metrics"][name], rel=0.10)
+        assert reports["bf16"]["metrics"][name] == pytest.approx(reports["no"]["metrics"][name], rel=0.03)
     weights = load_file(runs["bf16"] / "unet" / "diffusion_pytorch_model.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}
     checkpoint = runs["bf16"] / "checkpoints" / f"checkpoint-{BF16_STEPS}"
