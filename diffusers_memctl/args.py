@@ -138,7 +138,11 @@ class TrainingArguments:
     ema_inv_gamma: float = _help("EMA warm-up inv_gamma.", default=1.0)
     ema_power: float = _help("EMA warm-up power.", default=0.75)
     ema_max_decay: float = _help("EMA maximum decay.", default=0.9999)
-    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Mixed precision (accelerate).", default="no")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _help(
+        "Mixed precision through accelerate: 'bf16' runs the model under torch.autocast on CPU and GPU (pays on "
+        "CPUs with bf16 units for mid-sized and large models); weights, AdamW, EMA and checkpoints stay float32.",
+        default="no",
+    )
     checkpointing_steps: int = _help("Save an accelerate checkpoint every N steps (0 disables).", default=500)
     checkpoints_total_limit: int | None = _help("Keep at most N checkpoints.", default=None)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
@@ -159,8 +163,16 @@ class TrainingArguments:
 class EvaluationArguments:
     eval_num_samples: int = _help("Samples generated for the metric report after training (0 disables).", default=1000)
     eval_batch_size: int = _help("Generation batch size.", default=250)
+    eval_sampler: Literal["ddim", "ddpm"] = _help(
+        "Sampler of the evaluation: 'ddim' (deterministic, 50 steps by default) or 'ddpm' (ancestral; with the "
+        "default steps this is the paper's 1000-step setting, about 20x slower).",
+        default="ddim",
+    )
     num_inference_steps: int | None = _help(
-        "Denoising steps; omitted = DDPM with the training T, otherwise DDIM with this many steps.", default=None
+        "Denoising steps; omitted = 50 for ddim, the training T for ddpm.", default=None
+    )
+    eval_mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
+        "Precision of the model calls while generating; omitted = the run's --mixed_precision.", default=None
     )
     eval_seed: int = _help("Seed of the generated samples.", default=0)
     pca_components: int = _help("PCA components for the distribution metrics.", default=2)
@@ -345,7 +357,12 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dict[str, Any]) -> argparse.Action:
     tp, _ = _unwrap_optional(hints[f.name])
-    kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+    # The default is shown in --help but not set on the namespace (SUPPRESS), so --config values are not overridden.
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs: dict[str, Any] = {
+        "help": f"{f.metadata.get('help', '')} (default: {default})",
+        "default": argparse.SUPPRESS,
+    }
     if tp is bool:
         kwargs.update(type=_str2bool, nargs="?", const=True)
     elif typing.get_origin(tp) is Literal:
@@ -444,7 +461,7 @@ def parse_arguments(
                 value = values[key] = action.type(value)
             except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 parser.error(f"--config {namespace.config}: invalid value {value!r} for {key}: {err}")
-        if action.choices is not None and value not in action.choices:
+        if action.choices is not None and value is not None and value not in action.choices:
             parser.error(f"--config {namespace.config}: {key}={value!r} is not one of {list(action.choices)}")
     values.update({k: v for k, v in vars(namespace).items() if k in owners})
     instances = [

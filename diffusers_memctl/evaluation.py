@@ -9,6 +9,7 @@ Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the nu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generation import generate_samples
+from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 from .run_folder import (
     disk_full_guard,
     resolve_published_args,
@@ -49,6 +50,8 @@ EVALUATION_PLOT_NAMES = (
     "replicated_pairs.png",
 )
 
+logger = logging.getLogger(__name__)
+
 
 def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
     """Keyword arguments of :func:`evaluate_run` from an `EvaluationArguments` instance (one mapping for every caller)."""
@@ -57,6 +60,8 @@ def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
         "num_samples": e.eval_num_samples,
         "batch_size": e.eval_batch_size,
         "num_inference_steps": e.num_inference_steps,
+        "sampler": e.eval_sampler,
+        "mixed_precision": e.eval_mixed_precision,
         "seed": e.eval_seed,
         "pca_components": e.pca_components,
         "pca_fit_on": e.pca_fit_on,
@@ -123,6 +128,8 @@ def evaluate_run(
     num_samples: int = 1000,
     batch_size: int = 250,
     num_inference_steps: int | None = None,
+    sampler: str = "ddim",
+    mixed_precision: str | None = None,
     seed: int = 0,
     pca_components: int = 2,
     pca_fit_on: str = "train",
@@ -147,7 +154,10 @@ def evaluate_run(
         run_dir (`str` or `os.PathLike`): A run folder (or a Hub id holding one).
         num_samples (`int`, defaults to 1000): Generated samples (the paper's N).
         batch_size (`int`, defaults to 250): Generation batch size.
-        num_inference_steps (`int`, *optional*): `None` = DDPM with the training T; else DDIM steps.
+        num_inference_steps (`int`, *optional*): Steps (default: 50 for DDIM, the training T for DDPM).
+        sampler (`str`, defaults to `"ddim"`): ``"ddim"`` or ``"ddpm"`` (the paper: ``"ddpm"`` with T steps).
+        mixed_precision (`str`, *optional*): ``"no"``, ``"bf16"`` or ``"fp16"`` for the model calls of the
+            generation (default: the run's own ``mixed_precision``).
         seed (`int`, defaults to 0): Generation seed.
         pca_components (`int`, defaults to 2): PCA components K.
         pca_fit_on (`str`, defaults to `"train"`): Fit PCA on `"train"` or `"both"`.
@@ -185,6 +195,8 @@ def evaluate_run(
             feature_extractor=feature_extractor,
             replication_threshold=replication_threshold,
             feature_cache_dir=feature_cache_dir,
+            sampler=sampler,
+            mixed_precision=mixed_precision,
         )
         _publish_report(
             run_path,
@@ -218,6 +230,8 @@ def _generate_and_measure(
     feature_extractor: str | None = None,
     replication_threshold: float = 0.5,
     feature_cache_dir: str | None = None,
+    sampler: str = "ddim",
+    mixed_precision: str | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, str, Any]:
     """The report of :func:`evaluate_run` (nothing written yet), with the samples and training data behind it."""
     from .args import DataArguments
@@ -247,6 +261,34 @@ def _generate_and_measure(
     training = training_data.samples
     timings["load_training_data_s"] = time.perf_counter() - tic
 
+    if mixed_precision is None:
+        mixed_precision = config["args"].get("mixed_precision") or "no"
+    _, steps = make_sampler(scheduler_config, sampler, num_inference_steps)
+    sample_shape = list(training.shape[1:])
+    estimate = estimate_generation_seconds(
+        unet,
+        modality,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        steps=steps,
+        sample_shape=sample_shape,
+        device=device,
+        mixed_precision=mixed_precision,
+    )
+    logger.info(
+        "evaluating %s: %d samples, %s %d steps, batch %d, %s, %s; generation takes about %.0f s, then metrics "
+        "against %d training samples",
+        run_path.name,
+        num_samples,
+        sampler.upper(),
+        steps,
+        batch_size,
+        device,
+        _precision_label(mixed_precision),
+        estimate,
+        training.shape[0],
+    )
+    timings["generate_estimate_s"] = estimate
     tic = time.perf_counter()
     generated = generate_samples(
         unet,
@@ -254,11 +296,13 @@ def _generate_and_measure(
         modality,
         num_samples=num_samples,
         batch_size=batch_size,
-        num_inference_steps=num_inference_steps,
+        sampler=sampler,
+        num_inference_steps=steps,
         seed=seed,
-        sample_shape=list(training.shape[1:]),
+        sample_shape=sample_shape,
         progress=progress,
         device=device,
+        mixed_precision=mixed_precision,
     )
     timings["generate_s"] = time.perf_counter() - tic
     if not torch.isfinite(generated).all():
@@ -313,8 +357,9 @@ def _generate_and_measure(
         "num_samples": num_samples,
         "seed": seed,
         "settings": {
-            "num_inference_steps": num_inference_steps,
-            "sampler": "ddpm" if num_inference_steps is None else "ddim",
+            "num_inference_steps": steps,
+            "sampler": sampler,
+            "mixed_precision": mixed_precision,
             "batch_size": batch_size,
             "pca_components": pca_components,
             "pca_fit_on": pca_fit_on,

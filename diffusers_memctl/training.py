@@ -940,6 +940,7 @@ def _save_preview(
             seed=options.evaluation.eval_seed,
             sample_shape=data.sample_shape,
             progress=False,
+            mixed_precision=options.training.mixed_precision,
         )
         if data.modality == "image":
             figure = plot_image_nn_grid(generated.numpy(), data.samples[:16].numpy(), max_items=16)

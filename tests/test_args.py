@@ -126,6 +126,17 @@ def test_help_lists_every_field_with_its_help_text(capsys):
             assert f.metadata.get("help"), f"{group.__name__}.{f.name} has no help text"
 
 
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_training_options(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for group in GROUPS:
+        for f in dataclasses.fields(group):
+            help_text = " ".join(f.metadata["help"].split())
+            assert f"{help_text} (default: {f.default})" in text, f.name
+    assert "(default: ddim)" in text and "(default: 1000)" in text
+
+
 def test_config_file_supplies_defaults_and_flags_override(tmp_path):
     config = tmp_path / "settings.json"
     config.write_text(

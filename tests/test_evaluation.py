@@ -151,13 +151,20 @@ def test_seeded_generation_is_reproducible_and_the_seed_matters(image_run):
     assert not np.allclose(first, other)
 
 
-@pytest.mark.parametrize("steps", [None, 5])
-def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_runs, steps):
+@pytest.mark.parametrize("sampler, steps", [("ddpm", None), ("ddim", 5)])
+def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_runs, sampler, steps):
     unet, scheduler_config = load_run_pipeline(trained_runs["image"], "image")
     calls = []
     unet.register_forward_hook(lambda module, args, output: calls.append(args[1]))
     samples = generate_samples(
-        unet, scheduler_config, "image", num_samples=3, batch_size=2, num_inference_steps=steps, progress=False
+        unet,
+        scheduler_config,
+        "image",
+        num_samples=3,
+        batch_size=2,
+        sampler=sampler,
+        num_inference_steps=steps,
+        progress=False,
     )
     assert samples.shape == (3, 1, 16, 16) and torch.isfinite(samples).all()
     per_batch = T if steps is None else steps
@@ -167,9 +174,20 @@ def test_ddpm_uses_the_training_schedule_and_ddim_the_requested_steps(trained_ru
     assert len(set(timesteps)) == per_batch
 
 
+def test_evaluation_announces_its_cost_in_one_line_before_it_starts(image_run, caplog):
+    with caplog.at_level("INFO", logger="diffusers_memctl.evaluation"):
+        report = evaluate_run(image_run, num_samples=5, batch_size=2, make_plots=False, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "diffusers_memctl.evaluation"]
+    assert len(lines) == 1
+    assert "5 samples, DDIM 50 steps, batch 2, cpu, float32" in lines[0] and "about" in lines[0]
+    assert report["settings"]["sampler"] == "ddim" and report["settings"]["num_inference_steps"] == 50
+    estimate, actual = report["timings"]["generate_estimate_s"], report["timings"]["generate_s"]
+    assert 0 < estimate and actual / 20 < estimate < actual * 20  # order of magnitude on a shared machine
+
+
 def test_evaluate_run_with_ddpm_sampling_records_it(signal_run):
-    report = evaluate_run(signal_run, num_samples=2, make_plots=False, progress=False)
-    assert report["settings"]["sampler"] == "ddpm" and report["settings"]["num_inference_steps"] is None
+    report = evaluate_run(signal_run, num_samples=2, sampler="ddpm", make_plots=False, progress=False)
+    assert report["settings"]["sampler"] == "ddpm" and report["settings"]["num_inference_steps"] == T
     assert "plots_s" not in report["timings"] and not (signal_run / "plots").exists()
     with np.load(signal_run / "samples.npz") as archive:
         assert archive["samples"].shape == (2, 1, 140)

@@ -59,11 +59,12 @@ def _direct_distances(a, b):
 # ---------------------------------------------------------------------------------------------- nearest neighbours
 
 
+@pytest.mark.parametrize("candidates", ["float32", "bfloat16"])
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("shape", [(3, 8, 8), (140,), (1, 40)])
-def test_nearest_neighbors_match_sklearn_and_float64(k, shape):
+def test_nearest_neighbors_match_sklearn_and_float64(k, shape, candidates):
     gen, train = _random((60, *shape), seed=1), _random((300, *shape), seed=2)
-    distances, indices = nearest_neighbors(torch.from_numpy(gen), torch.from_numpy(train), k=k)
+    distances, indices = nearest_neighbors(torch.from_numpy(gen), torch.from_numpy(train), k=k, candidates=candidates)
     assert distances.dtype == torch.float64 and indices.dtype == torch.int64
     assert distances.shape == indices.shape == (60, k)
 
@@ -475,3 +476,76 @@ def test_reference_metrics_leave_each_training_sample_out():
     assert out["memorized_fraction"] == pytest.approx(np.mean(ratios < 1 / 3)) and out["memorized_fraction"] >= 2 / m
     with pytest.raises(ValueError, match="at least 3 samples.*got 2"):
         reference_metrics(train[:2])
+
+
+# ---------------------------------------------------------------------------------------------- bf16 candidates
+
+
+def _near_tie_set(rel_gap, n_close=40, dim=256, seed=7):
+    """A query at the origin and `n_close` training points on spheres whose radii differ by `rel_gap` (relative)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((n_close, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    radii = 1.0 + rel_gap * rng.permutation(n_close)
+    far = rng.standard_normal((60, dim)) * 0.01 + 5.0
+    train = np.concatenate([far[:10], directions * radii[:, None], far[10:]])
+    return np.zeros((3, dim)), train, 10 + np.argsort(radii, kind="stable")
+
+
+@pytest.mark.parametrize("rel_gap", [1e-3, 1e-5, 1e-9])
+@pytest.mark.parametrize("candidates", ["bfloat16", "float32"])
+def test_nearest_neighbors_adversarial_near_ties_match_float64(rel_gap, candidates):
+    # Gaps of 1e-3 sit below bf16's resolution (2^-8) but above float32's, 1e-5 and 1e-9 below both: the bf16 bound
+    # must keep every tied point, the float32 filter must keep or drop them rightly, and float64 decides the order.
+    query, train, expected = _near_tie_set(rel_gap)
+    distances, indices = nearest_neighbors(query, train.astype(np.float64), k=5, candidates=candidates)
+    np.testing.assert_array_equal(indices.numpy(), np.tile(expected[:5], (3, 1)))
+    reference = np.sort(_direct_distances(query, train), axis=1, kind="stable")[:, :5]
+    np.testing.assert_allclose(distances.numpy(), reference, rtol=1e-13)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nearest_neighbors_bf16_equals_float64_brute_force_on_clustered_data(seed):
+    # Clustered data with tiny within-cluster offsets: many candidates per row inside the bf16 bound, so the float32
+    # filter, the float64 re-ranking and the fallback for wide rows all run. Compared with a float64 brute force.
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-1, 1, size=(6, 300))
+    train = (centres[rng.integers(0, 6, 400)] + 1e-3 * rng.standard_normal((400, 300))).astype(np.float32)
+    gen = (centres[rng.integers(0, 6, 50)] + 1e-3 * rng.standard_normal((50, 300))).astype(np.float32)
+    d, i = nearest_neighbors(gen, train, k=3, candidates="bfloat16")
+    direct = _direct_distances(gen, train)
+    expected = np.argsort(direct, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(i.numpy(), expected)
+    np.testing.assert_allclose(d.numpy(), np.take_along_axis(direct, expected, axis=1), rtol=1e-12)
+    d32, i32 = nearest_neighbors(gen, train, k=3, candidates="float32")
+    assert torch.equal(i, i32) and torch.equal(d, d32)
+
+
+def test_bf16_bound_holds_for_correlated_data():
+    # The premise of the bf16 path (float32 accumulation, one rounding of the result) checked on data whose dot
+    # products are large (all-positive, correlated): every approximate squared distance lies within its bound.
+    rng = np.random.default_rng(3)
+    a = torch.from_numpy(rng.uniform(0.5, 1.0, (40, 3000)).astype(np.float32))
+    b = torch.from_numpy(rng.uniform(0.5, 1.0, (70, 3000)).astype(np.float32))
+    a_sq, b_sq = metrics._squared_norms(a), metrics._squared_norms(b)
+    a_low, a_low_n, a_res = metrics._bf16_split(a, a_sq.sqrt())
+    b_low, b_low_n, b_res = metrics._bf16_split(b, b_sq.sqrt())
+    sq, bound = metrics._bf16_bounds(a_low @ b_low.T, (a_sq, a_low_n, a_res), (b_sq, b_low_n, b_res), 3000)
+    true = torch.from_numpy(_direct_distances(a.numpy(), b.numpy()) ** 2)
+    assert bool(((sq - true).abs() <= bound).all())
+    assert float((sq - true).abs().max()) > 0  # the bf16 path is approximate: the bound is doing work
+
+
+def test_nearest_neighbors_rejects_unknown_candidates():
+    with pytest.raises(ValueError, match="candidates"):
+        nearest_neighbors(np.zeros((2, 3)), np.zeros((4, 3)), candidates="int8")
+
+
+def test_nearest_neighbors_mixed_float32_and_float64_inputs_stay_exact():
+    # float32 queries against float64 training samples that differ from their float32 roundings: the filter must not
+    # round the training samples to float32. Point 1 is nearer than point 0 by less than float32 can represent.
+    query = np.array([[0.5, 0.25, 0, 0]], np.float32)
+    train = np.array([[1.0, 0, 0, 0], [1.0 - 1e-12, 0, 0, 0], [3.0, 0, 0, 0], [4.0, 0, 0, 0]], np.float64)
+    for candidates in ("bfloat16", "float32"):
+        _, indices = nearest_neighbors(torch.from_numpy(query), torch.from_numpy(train), k=2, candidates=candidates)
+        assert indices.tolist() == [[1, 0]]

@@ -3,7 +3,9 @@
 The signal counterpart of diffusers' `DDPMPipeline`: ancestral sampling (Ho et al. 2020,
 https://arxiv.org/abs/2006.11239, Algorithm 2) or DDIM sampling (Song et al. 2021, https://arxiv.org/abs/2010.02502),
 used for the ECG5000 experiments of "Memorization Control in Diffusion Models from Denoising-centric Perspective"
-(https://arxiv.org/abs/2601.21348). Signals are returned in the model's value range, unclipped and unscaled.
+(https://arxiv.org/abs/2601.21348). Signals are returned in the model's value range, unclipped and unscaled. The
+call runs under `torch.inference_mode`; wrap it in `torch.autocast(device_type, dtype=torch.bfloat16)` to run the model
+in bf16 (the signals and the scheduler arithmetic stay in the model's dtype).
 
 Importing this module also imports `diffusers_memctl.models.unet_1d_memctl`, the module that `save_pretrained` records
 for the `unet` component in `model_index.json`; diffusers resolves that entry from `sys.modules`, so
@@ -63,7 +65,7 @@ class DDPM1DPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self,
         batch_size: int = 1,
@@ -126,7 +128,8 @@ class DDPM1DPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             # 1. predict the noise of x_t
             model_input = self.scheduler.scale_model_input(signals, t)
-            noise_pred = self.unet(model_input, t).sample
+            # float32 state even when the caller runs the model under torch.autocast (bf16 on CPU or GPU)
+            noise_pred = self.unet(model_input, t).sample.to(signals.dtype)
             # 2. compute x_{t-1}
             signals = self.scheduler.step(noise_pred, t, signals, **step_kwargs).prev_sample
 
