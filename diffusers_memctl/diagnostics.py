@@ -420,17 +420,6 @@ def _batch_generator(seed: int, batch_index: int, device: torch.device) -> torch
     return generator.manual_seed(int(state) & ((1 << 63) - 1))
 
 
-def _regression_target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return scheduler.get_velocity(clean, noise, timesteps)
-    if prediction_type == "sample":
-        return clean
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
 def _forward(model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     output = model(noisy, timesteps)
     return getattr(output, "sample", output)
@@ -464,8 +453,10 @@ def _batch_gradient(
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
     """Flattened gradient of the training loss (mean squared error, unweighted) of one batch at its timesteps."""
+    from .training import regression_target
+
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    target = _regression_target(scheduler, clean, noise, timesteps)
+    target = regression_target(scheduler, clean, noise, timesteps)
     loss = F.mse_loss(_forward(model, noisy, timesteps).float(), target.float())
     grads = torch.autograd.grad(loss, parameters)
     return torch.cat([g.reshape(-1) for g in grads]).float()
@@ -497,8 +488,10 @@ def _per_sample_gradients(
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
+    from .training import regression_target
+
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    target = _regression_target(scheduler, clean, noise, timesteps)
+    target = regression_target(scheduler, clean, noise, timesteps)
 
     def loss_one(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, (p, buffers), (x.unsqueeze(0), t.unsqueeze(0)))

@@ -27,18 +27,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .analysis import _num
+
 __all__ = ["method_contrasts", "mixed_model_effect", "replicate_correlations", "replicate_values", "t_interval"]
 
 #: Fewer replicates than this make a percentile bootstrap over replicates unreliable (too few distinct resamples).
 MIN_BOOTSTRAP_REPLICATES = 5
-
-
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:

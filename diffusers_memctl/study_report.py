@@ -6,9 +6,7 @@ report without the run folders: ``python -m diffusers_memctl.cli.report STUDY_DI
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .analysis import _num
 from .replicates import method_contrasts, replicate_correlations, replicate_values, t_interval
 
 __all__ = [
@@ -49,14 +48,6 @@ _METHOD_ORDER = (
     "p2",
     "importance_ci_late",
 )
-
-
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -446,21 +437,10 @@ def _correlation_section(analysis: Mapping[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, make_plots: bool = True) -> dict:
     """Write ``study_results.csv`` (run folders relative to `out_dir`), ``analysis.json``, figures, ``REPORT.md``."""
     from .analysis import _json_safe
+    from .sweep import write_results_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -469,7 +449,7 @@ def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, ma
         run_dir = Path(str(row.get("run_dir", "")))
         if run_dir.is_absolute() and out_dir.resolve() in run_dir.resolve().parents:
             row["run_dir"] = run_dir.resolve().relative_to(out_dir.resolve()).as_posix()
-    _write_rows(out_dir / "study_results.csv", rows)
+    write_results_csv(out_dir / "study_results.csv", rows)
     analysis = _json_safe(study_analysis(rows))
     tmp = out_dir / ".analysis.json.tmp"
     tmp.write_text(json.dumps(analysis, indent=2))

@@ -467,7 +467,8 @@ def _pretrain_seed(source: str | None) -> int | None:
         return None
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed."""
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
@@ -537,7 +538,7 @@ def write_sweep_analysis(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(out_dir / "sweep_results.csv", rows)
+    write_results_csv(out_dir / "sweep_results.csv", rows)
     analysis = analyze_sweep(rows)
     # Every run of a sweep fine-tunes one pretrained model: its seeds are not independent replicates. Cell means
     # (seeds averaged) are the honest unit for one pretraining; the run-level numbers above are kept for comparison.

@@ -332,7 +332,10 @@ def _truncate_loss_history(path: Path, last_step: int) -> None:
     write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
-def _target(scheduler: MemCtlDDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+def regression_target(
+    scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the model regresses on for the scheduler's ``prediction_type``: the noise, the velocity or the sample."""
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
         return noise
@@ -675,7 +678,7 @@ def _train_step(run: _Run, index: torch.Tensor, epoch: int, progress: Any) -> No
     with accelerator.accumulate(model):
         with accelerator.autocast():
             prediction = model(noisy, timesteps).sample
-        target = _target(scheduler, clean, noise, timesteps)
+        target = regression_target(scheduler, clean, noise, timesteps)
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
         weights = compute_loss_weights(
             s_args.loss_weighting,
