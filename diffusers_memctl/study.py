@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
+from .run_folder import write_json_atomic
 
 __all__ = [
     "StudyGroup",
@@ -36,6 +38,7 @@ __all__ = [
     "is_study_dir",
     "run_study",
     "study_groups",
+    "study_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,4 +186,37 @@ def export_study_results(study_dir: str | Path, dest: str | Path) -> dict[str, A
         raise ValueError(f"no evaluated run in the groups of {study_dir}; run the study first")
     for row in rows:
         row["run_dir"] = Path(row["run_dir"]).resolve().relative_to(study_dir).as_posix()
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(dest) / "study_settings.json", study_settings(study_dir))
     return write_study_analysis(Path(dest), rows)
+
+
+def study_settings(study_dir: str | Path) -> dict[str, Any]:
+    """The settings every group of a study shares (from the groups' ``sweep_config.json``), and the groups.
+
+    What an exported study needs besides its rows to be rerun: the per-group subset size and seed are listed under
+    ``groups``; every other setting must agree between the groups (a disagreement is listed under ``differences``).
+    """
+    from .sweep import SWEEP_CONFIG_NAME
+
+    shared: dict[str, Any] | None = None
+    differences: set[str] = set()
+    groups = []
+    for group_dir in sorted(p for p in Path(study_dir).glob("n*-p*") if (p / SWEEP_CONFIG_NAME).is_file()):
+        config = json.loads((group_dir / SWEEP_CONFIG_NAME).read_text())
+        training = config.get("training", {})
+        groups.append(
+            {
+                "group": group_dir.name,
+                "train_subset_size": training.pop("train_subset_size", None),
+                "train_subset_seed": training.pop("train_subset_seed", None),
+            }  # fmt: skip
+        )
+        if shared is None:
+            shared = config
+            continue
+        for part in ("training", "sweep"):
+            for key in set(shared.get(part, {})) | set(config.get(part, {})):
+                if shared.get(part, {}).get(key) != config.get(part, {}).get(key):
+                    differences.add(f"{part}.{key}")
+    return {"shared": shared or {}, "groups": groups, "differences": sorted(differences)}

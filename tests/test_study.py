@@ -262,6 +262,10 @@ def test_exported_study_rebuilds_the_same_analysis(study, tmp_path):
 
     main([str(study), "--export", str(tmp_path / "export")])
     exported = json.loads((tmp_path / "export" / "analysis.json").read_text())
+    settings = json.loads((tmp_path / "export" / "study_settings.json").read_text())
+    assert [g["group"] for g in settings["groups"]] == ["n00010-p0", "n00010-p1"] and settings["differences"] == []
+    assert settings["shared"]["sweep"]["methods"] == "uniform,ci_late,min_snr"
+    assert settings["groups"][1] == {"group": "n00010-p1", "train_subset_size": 10, "train_subset_seed": 1}
     main([str(tmp_path / "export"), "--from_csv"])
     rebuilt = json.loads((tmp_path / "export" / "analysis.json").read_text())
     assert rebuilt == exported
