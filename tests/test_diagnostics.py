@@ -26,17 +26,12 @@ from diffusers_memctl.diagnostics import (
 )
 from diffusers_memctl.loss_weighting import compute_snr, min_snr_weights
 
+# Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine cost seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 diagnose_script = runpy.run_path(str(REPO_ROOT / "training_scripts" / "diagnose_memctl.py"))["main"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class LinearDenoiser(torch.nn.Module):

@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hub_fixtures  # noqa: E402
 from hub_fixtures import TOKEN  # noqa: E402
 
+# Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine cost seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 hub = hub_fixtures.hub  # the Hub stand-in fixture, shared with tests/test_hub.py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -52,15 +55,6 @@ COMMON_TRAIN_FLAGS = [
     "--save_images_epochs", "0",
     "--save_model_epochs", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and on a busy 2-core machine two spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data_arguments(modality: str, shared_data: Path) -> DataArguments:

@@ -23,6 +23,9 @@ from diffusers_memctl.features import (
     samples_to_rgb_uint8,
 )
 
+# Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine cost seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 evaluate_script = runpy.run_path(str(REPO_ROOT / "training_scripts" / "evaluate_memctl.py"))["main"]
 sweep_script = runpy.run_path(str(REPO_ROOT / "training_scripts" / "sweep_ci_grid.py"))["main"]
@@ -51,14 +54,6 @@ TINY_TRAIN_FLAGS = [
     "--save_images_epochs", "0",
     "--save_model_epochs", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_vit(hidden=16) -> dict:

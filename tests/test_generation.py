@@ -17,15 +17,10 @@ from diffusers_memctl.models.unet_1d_memctl import create_unet_1d
 from diffusers_memctl.models.unet_2d_presets import create_unet_2d
 from diffusers_memctl.pipelines import DDPM1DPipeline
 
+# Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine cost seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 T = 50
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _image_model():

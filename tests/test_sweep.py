@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 from huggingface_hub import metadata_load
 
 import diffusers_memctl.runner as runner
@@ -37,6 +36,9 @@ from diffusers_memctl.sweep import (
     triangular_grid,
 )
 
+# Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine cost seconds.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "training_scripts" / "sweep_ci_grid.py"
 # The script itself, not only the library function behind it.
@@ -45,15 +47,6 @@ sweep_script = runpy.run_path(str(SCRIPT))["main"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CELLS = "0:300,300:700,600:1000,0:1000"  # four intervals: the fewest with a Pearson r and a Fisher-z interval
 RUN_NAMES = ["ci-0000-0300-seed0", "ci-0000-1000-seed0", "ci-0300-0700-seed0", "ci-0600-1000-seed0", "uniform-seed0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and on a busy 2-core machine two spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sweep_flags(sweep_dir: Path, *extra: str) -> list[str]:
