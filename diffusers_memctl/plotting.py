@@ -1050,6 +1050,45 @@ def _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis
     return lines + [""]
 
 
+def _gradient_profile_section(sweep_dir: Path) -> list[str]:
+    """Where each run learns, when ``memctl-diagnose SWEEP_DIR`` has written ``gradient_profiles.csv`` there."""
+    import csv
+
+    path = sweep_dir / "gradient_profiles.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    shares = [c for c in (rows[0] if rows else {}) if c.startswith("share_") and not c.endswith("_se")]
+    if not shares:
+        return []
+    windows = [c[len("share_") :].replace("_", "-") for c in shares]
+    lines = [
+        "## Where each run learns (gradient profiles)",
+        "",
+        "From `memctl-diagnose` on this folder (`gradient_profiles.csv`): each run's share of the expected gradient "
+        "signal per window of timesteps under its own sampler, ± jackknife standard error, and the gradient coherence "
+        "(||E g|| / E||g||) there.",
+        "",
+        "| run | "
+        + " | ".join(f"share {w}" for w in windows)
+        + " | "
+        + " | ".join(f"coherence {w}" for w in windows)
+        + " |",
+        "|" + "---|" * (1 + 2 * len(windows)),
+    ]
+
+    def value(row: Mapping[str, str], column: str, spec: str) -> str:
+        text = row.get(column)
+        return _fmt(float(text) if text not in (None, "") else None, spec)
+
+    for row in rows:
+        share_cells = [f"{value(row, c, '.3f')} ± {value(row, c + '_se', '.2g')}" for c in shares]
+        coherence = [value(row, c.replace("share_", "coherence_"), ".2f") for c in shares]
+        lines.append(f"| {row.get('run')} | " + " | ".join(share_cells + coherence) + " |")
+    return lines + [""]
+
+
 def write_sweep_report(
     sweep_dir: str | os.PathLike,
     rows: Any,
@@ -1157,6 +1196,7 @@ def write_sweep_report(
             )
         lines.append("")
 
+    lines += _gradient_profile_section(sweep_dir)
     lines += ["## Cells (mean ± std over seeds)", ""]
     lines.append("| cell | sampling | t_lower | t_upper | mean | width | seeds | " + " | ".join(metrics) + " |")
     lines.append("|" + "---|" * (7 + len(metrics)))

@@ -292,6 +292,18 @@ def test_report_of_few_cells_gives_no_correlation_table_and_says_why(tmp_path):
     assert "| metric | vs |" not in text
 
 
+def test_report_shows_gradient_profiles_when_the_sweep_was_diagnosed(tmp_path):
+    rows = make_rows()
+    assert "gradient profiles" not in plotting.write_sweep_report(tmp_path, rows, analyze_sweep(rows)).read_text()
+    (tmp_path / "gradient_profiles.csv").write_text(
+        "run,timestep_sampling,share_0_500,share_0_500_se,share_500_1000,share_500_1000_se,coherence_0_500,"
+        "coherence_500_1000\ncells/ci-0750-1000-seed0,ci_normal,0.071,0.004,0.929,0.004,0.81,0.55\n"
+    )
+    text = plotting.write_sweep_report(tmp_path, rows, analyze_sweep(rows)).read_text()
+    assert "## Where each run learns (gradient profiles)" in text
+    assert "| cells/ci-0750-1000-seed0 | 0.071 ± 0.004 | 0.929 ± 0.004 | 0.81 | 0.55 |" in text
+
+
 def test_heatmap_of_a_constant_metric_has_no_colour_bar():
     rows = [{**r, "memorized_fraction": 0.0} for r in make_rows()]
     fig = plotting.plot_metric_heatmap(rows, "memorized_fraction")
