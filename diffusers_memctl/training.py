@@ -465,6 +465,8 @@ class _Run:
     max_steps: int
     num_epochs: int
     alphas_cumprod: torch.Tensor
+    # Draws the training timesteps: the scheduler's sampler, or uniform for `importance` re-weighting.
+    timestep_draw: Any = None
     global_step: int = 0
     micro_step: int = 0
     last_loss: float | None = None
@@ -590,6 +592,7 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
     return _Run(
         options, output_dir, accelerator, data, model, scheduler, ema, optimizer, lr_scheduler,
         steps_per_epoch, max_steps, num_epochs, scheduler.alphas_cumprod.to(device),
+        training_timestep_sampler(scheduler.timestep_sampler, options.sampling.loss_weighting),
     )  # fmt: skip
 
 
@@ -671,9 +674,7 @@ def _train_step(run: _Run, index: torch.Tensor, epoch: int, progress: Any) -> No
     if t_args.channels_last and clean.ndim == 4:
         clean = clean.contiguous(memory_format=torch.channels_last)
     noise = torch.randn(clean.shape, generator=generator, device=generator.device).to(device)
-    # `importance` re-weights uniform draws by the configured sampler's T P(k) instead of drawing from P.
-    draw = training_timestep_sampler(scheduler.timestep_sampler, s_args.loss_weighting)
-    timesteps = draw.sample(clean.shape[0], generator=generator, device=device)
+    timesteps = run.timestep_draw.sample(clean.shape[0], generator=generator, device=device)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     with accelerator.accumulate(model):
         with accelerator.autocast():
