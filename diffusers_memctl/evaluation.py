@@ -122,6 +122,32 @@ def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.
     return unet, scheduler_config
 
 
+#: Training-set references of this process, by (data fingerprint, threshold): every cell of a sweep shares them.
+_REFERENCE_CACHE: dict[tuple[str, float], dict[str, float]] = {}
+_REFERENCE_CACHE_SIZE = 8
+#: Above this many training samples the O(M^2) leave-one-out reference is skipped.
+REFERENCE_MAX_SAMPLES = 20000
+
+
+def training_reference(training_data: Any, memorization_threshold: float = 1 / 3) -> dict[str, float]:
+    """The training set's own leave-one-out metrics ([`~diffusers_memctl.metrics.reference_metrics`]), computed once
+    per process for each data fingerprint and threshold; `{}` for fewer than 3 or more than
+    :data:`REFERENCE_MAX_SAMPLES` samples."""
+    from .data import samples_fingerprint
+    from .metrics import reference_metrics
+
+    samples = training_data.samples
+    if not 3 <= samples.shape[0] <= REFERENCE_MAX_SAMPLES:
+        return {}
+    fingerprint = (getattr(training_data, "info", None) or {}).get("fingerprint") or samples_fingerprint(samples)
+    key = (fingerprint, float(memorization_threshold))
+    if key not in _REFERENCE_CACHE:
+        if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
+            _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+        _REFERENCE_CACHE[key] = reference_metrics(samples, memorization_threshold=memorization_threshold)
+    return dict(_REFERENCE_CACHE[key])
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -236,7 +262,7 @@ def _generate_and_measure(
     """The report of :func:`evaluate_run` (nothing written yet), with the samples and training data behind it."""
     from .args import DataArguments
     from .data import load_training_data
-    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances, reference_metrics
+    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances
 
     config = read_training_config(run_path)
     modality = config["modality"]
@@ -329,12 +355,7 @@ def _generate_and_measure(
         metrics.update(
             pca_distribution_distances(generated, training, pca_components, fit_on=pca_fit_on, bins=js_bins)
         )
-    # O(M^2) distances: cheap next to generation for the data sizes this is read on, skipped for very large sets.
-    reference = (
-        reference_metrics(training, memorization_threshold=memorization_threshold)
-        if 3 <= training.shape[0] <= 20000
-        else {}
-    )
+    reference = training_reference(training_data, memorization_threshold)
     heldout = getattr(training_data, "heldout", None)
     if heldout is not None and heldout.shape[0] >= 2:
         metrics.update(heldout_metrics(generated, training, heldout, generator=torch.Generator().manual_seed(seed)))

@@ -65,6 +65,23 @@ def test_training_data_keeps_the_subset_and_the_rest_as_heldout():
     assert full.heldout is None and len(full.info["fingerprint"]) == 64
 
 
+def test_training_reference_is_computed_once_per_data_and_threshold(monkeypatch):
+    from diffusers_memctl import evaluation, metrics
+
+    calls = []
+    real = metrics.reference_metrics
+    monkeypatch.setattr(metrics, "reference_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluation, "_REFERENCE_CACHE", {})
+    data = load_training_data(DataArguments(dataset_name="digits", resolution=8, train_subset_size=12))
+    first = evaluation.training_reference(data, 1 / 3)
+    assert evaluation.training_reference(data, 1 / 3) == first == real(data.samples) and len(calls) == 1
+    evaluation.training_reference(data, 0.5)
+    other = load_training_data(
+        DataArguments(dataset_name="digits", resolution=8, train_subset_size=12, train_subset_seed=5)
+    )
+    assert evaluation.training_reference(other, 1 / 3) != first and len(calls) == 3
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------------------------
