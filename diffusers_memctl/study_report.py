@@ -101,6 +101,12 @@ def study_analysis(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
         "references": {str(k): v for k, v in _references(rows).items()},
         "replicate_values": replicate_values(rows, metrics),
         "contrasts_vs_uniform": {m: method_contrasts(rows, m, confidence=confidence) for m in metrics},
+        # The paper's late interval against every other method: is a peer's difference from it resolved?
+        "contrasts_vs_ci_late": (
+            {m: method_contrasts(rows, m, baseline="ci_late", confidence=confidence) for m in metrics}
+            if "ci_late" in methods
+            else {}
+        ),
         "ci_correlations": {
             "methods": ci_methods,
             **{
@@ -321,6 +327,7 @@ def write_study_report(
         lines += ["With fewer than 3 pretrainings per size the intervals are wide: read them with care.", ""]
     lines += _copy_figures(out_dir, rows, late)
     lines += _method_tables(analysis, rows)
+    lines += _head_to_head(analysis)
     for title, path in figures.items():
         lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += _correlation_section(analysis)
@@ -395,6 +402,36 @@ def _method_tables(analysis: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
                 vals = [analysis["references"].get(str(s), {}).get(key) for s in sizes]
                 lines.append(f"| *{label}* | " + " | ".join(_f(v) for v in vals) + " |")
         lines += ["", "`*`: the 95% interval of the difference excludes 0.", ""]
+    return lines
+
+
+def _head_to_head(analysis: Mapping[str, Any]) -> list[str]:
+    """Every method minus `ci_late` (paired within a pretraining) on copies and held-out quality, per size."""
+    contrasts = analysis.get("contrasts_vs_ci_late") or {}
+    metrics = [m for m in ("memorized_fraction", "heldout_frechet_distance") if contrasts.get(m)]
+    if not metrics:
+        return []
+    sizes = analysis["sizes"]
+    lines = [
+        "## Head to head with `ci_late` [750, 1000]",
+        "",
+        "Each method minus `ci_late`, paired within a pretraining, with its 95% t interval (`*`: excludes 0).",
+        "",
+    ]
+    for metric in metrics:
+        lines += [f"`{metric}`:", "", "| method | " + " | ".join(f"n = {s}" for s in sizes) + " |"]
+        lines.append("|---|" + "---|" * len(sizes))
+        for method in dict.fromkeys(c["method"] for c in contrasts[metric]):
+            cells = []
+            for size in sizes:
+                entry = next(
+                    (c for c in contrasts[metric] if c["method"] == method and c["train_subset_size"] == size), None
+                )
+                rl = entry["replicate_level"] if entry else {}
+                mark = "*" if rl.get("ci_low") is not None and (rl["ci_low"] > 0 or rl["ci_high"] < 0) else ""
+                cells.append(f"{_f(rl.get('mean'), '+.3g')} {_interval(rl)}{mark}" if rl else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 

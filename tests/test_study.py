@@ -269,8 +269,11 @@ def test_study_folder_holds_groups_rows_and_report(study):
     contrast = analysis["contrasts_vs_uniform"]["memorized_fraction"]
     assert {c["method"] for c in contrast} == {"ci_late", "min_snr"}
     assert all(c["replicate_level"]["n"] == 2 for c in contrast)
+    head_to_head = analysis["contrasts_vs_ci_late"]["memorized_fraction"]
+    assert {c["method"] for c in head_to_head} == {"uniform", "min_snr"} and head_to_head[0]["baseline"] == "ci_late"
     report = (study / "REPORT.md").read_text()
     assert report.index("## The answer") < report.index("## Method x training-set size")
+    assert "## Head to head with `ci_late`" in report
     assert "10 training samples" in report and (study / "figures" / "pareto.png").is_file()
 
 
