@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import samples_fingerprint
+
 __all__ = [
     "DEFAULT_FEATURE_EXTRACTOR",
     "BackboneSource",
@@ -38,7 +40,6 @@ __all__ = [
     "FeatureExtractor",
     "FeatureReport",
     "check_feature_extractor",
-    "data_fingerprint",
     "default_feature_cache",
     "embed_training_set",
     "feature_report",
@@ -334,14 +335,6 @@ def load_feature_extractor(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def data_fingerprint(samples: torch.Tensor) -> str:
-    """sha256 of a sample set's shape, dtype and values: the data part of a cache key."""
-    x = samples.detach().to("cpu").contiguous()
-    digest = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
-    digest.update(x.reshape(-1).view(torch.uint8).numpy().data if x.numel() else b"")
-    return digest.hexdigest()[:32]
-
-
 class FeatureCache:
     """Embeddings by key, in memory (the last `max_entries`) and, with a `directory`, in safetensors files there.
 
@@ -400,7 +393,7 @@ def embed_training_set(
     """Raw (not normalised) embeddings of the training set, computed once per (data, backbone, revision,
     preprocessing) and then served from `cache` (default: the process's in-memory cache)."""
     cache = cache if cache is not None else _DEFAULT_CACHE
-    fingerprint = data_fingerprint(training)
+    fingerprint = samples_fingerprint(training)
     metadata = {"backbone": extractor.source.name, "revision": extractor.source.revision, "data": fingerprint}
     return cache.get_or_compute(
         extractor.cache_key(fingerprint),

@@ -108,7 +108,8 @@ def samples_fingerprint(samples: torch.Tensor) -> str:
     """SHA-256 of the preprocessed samples (shape, dtype and bytes): the data a run trained on, in one string."""
     tensor = samples.detach().to("cpu").contiguous()
     digest = hashlib.sha256(f"{list(tensor.shape)}|{tensor.dtype}|".encode())
-    digest.update(tensor.numpy().tobytes())
+    # A byte view, not a copy (and one that works for dtypes numpy lacks, e.g. bfloat16).
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
     return digest.hexdigest()
 
 
