@@ -35,6 +35,11 @@ __all__ = ["method_contrasts", "mixed_model_effect", "replicate_correlations", "
 MIN_BOOTSTRAP_REPLICATES = 5
 
 
+def _method_of(row: Mapping[str, Any]) -> Any:
+    """A result row's method (study rows) or cell name (plain sweep rows)."""
+    return row.get("method") or row.get("cell")
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Mean of independent values with a Student-t interval and the two-sided p-value of "mean = 0".
 
@@ -79,7 +84,7 @@ def replicate_values(
     """One row per (train_subset_size, method, replicate): each metric averaged over that replicate's fine-tunes."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
-        key = (row.get("train_subset_size"), row.get("method") or row.get("cell"), row.get(replicate_key))
+        key = (row.get("train_subset_size"), _method_of(row), row.get(replicate_key))
         groups.setdefault(key, []).append(row)
     out = []
     for (size, method, replicate), members in groups.items():
@@ -121,7 +126,7 @@ def mixed_model_effect(
     for row in rows:
         y = _num(row.get(metric))
         if term.startswith("is:"):
-            x = 1.0 if (row.get("method") or row.get("cell")) == term[3:] else 0.0
+            x = 1.0 if _method_of(row) == term[3:] else 0.0
         else:
             x = _num(row.get(term))
         if y is None or x is None or row.get(group_key) is None:
@@ -182,21 +187,7 @@ def method_contrasts(
             values = {r[replicate_key]: r[metric] for r in at_size if r["method"] == method and r[metric] is not None}
             shared = sorted(set(values) & set(base), key=str)
             diffs = [values[k] - base[k] for k in shared]
-            run_rows = [
-                r
-                for r in rows
-                if r.get("train_subset_size") == size and (r.get("method") or r.get("cell")) in (method, baseline)
-            ]
-            run_method = [
-                v
-                for r in run_rows
-                if (r.get("method") or r.get("cell")) == method and (v := _num(r.get(metric))) is not None
-            ]
-            run_base = [
-                v
-                for r in run_rows
-                if (r.get("method") or r.get("cell")) == baseline and (v := _num(r.get(metric))) is not None
-            ]
+            run_rows = [r for r in rows if r.get("train_subset_size") == size and _method_of(r) in (method, baseline)]
             out.append(
                 {
                     "metric": metric,
@@ -213,22 +204,26 @@ def method_contrasts(
                     "mixed_model": mixed_model_effect(
                         run_rows, metric, f"is:{method}", group_key=replicate_key, confidence=confidence
                     ),
-                    "run_level": {
-                        "difference": (float(np.mean(run_method)) - float(np.mean(run_base)))
-                        if run_method and run_base
-                        else None,
-                        "n_runs": len(run_method) + len(run_base),
-                        "welch_p_value": _welch_p(run_method, run_base),
-                    },
+                    "run_level": _run_level_difference(run_rows, metric, method, baseline),
                 }
             )
     return out
 
 
-def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
-        return None
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+def _run_level_difference(
+    run_rows: Sequence[Mapping[str, Any]], metric: str, method: str, baseline: str
+) -> dict[str, Any]:
+    """Difference of run means with Welch's p, every run counted as independent (pseudo-replicated)."""
+
+    def values(name: str) -> list[float]:
+        return [v for r in run_rows if _method_of(r) == name and (v := _num(r.get(metric))) is not None]
+
+    a, b = values(method), values(baseline)
+    welch = None
+    if len(a) >= 2 and len(b) >= 2 and not (np.std(a) == 0 and np.std(b) == 0):
+        welch = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    difference = float(np.mean(a)) - float(np.mean(b)) if a and b else None
+    return {"difference": difference, "n_runs": len(a) + len(b), "welch_p_value": welch}
 
 
 def replicate_correlations(
