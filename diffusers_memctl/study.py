@@ -27,7 +27,8 @@ from typing import Any
 
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
-from .run_folder import write_json_atomic
+from .run_folder import run_lock, write_json_atomic
+from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
 __all__ = [
     "StudyGroup",
@@ -126,28 +127,24 @@ def run_study(options: TrainingOptions, sweep: SweepArguments) -> list[dict[str,
     Returns:
         `list[dict]`: Result rows of every evaluated run of the study.
     """
-    from .sweep import shard_cells
-
     _check_study_settings(sweep)
     groups = study_groups(sweep)
     if sweep.analyze_only:
         return analyze_study_dir(sweep.sweep_dir)["rows"]
     mine = shard_cells(groups, sweep.num_shards, sweep.shard_index)
-    from .sweep import run_sweep
-
     for index, group in enumerate(mine):
         logger.info("[group %d/%d] %s", index + 1, len(mine), group.name)
         group_options, group_sweep = group_settings(options, sweep, group)
         run_sweep(group_options, group_sweep, analyze=False)
     if process_state().is_main_process:
-        return analyze_study_dir(sweep.sweep_dir)["rows"]
+        # Shards finishing together take turns, as a sweep's analysis does: the figures folder is rewritten whole.
+        with run_lock(sweep.sweep_dir, wait=True, flag="--sweep_dir"):
+            return analyze_study_dir(sweep.sweep_dir)["rows"]
     return []
 
 
 def collect_study_results(study_dir: str | Path) -> list[dict[str, Any]]:
     """Result rows of every evaluated run in every group folder, with the group's reference values."""
-    from .sweep import collect_results
-
     rows = []
     for group_dir in sorted(p for p in Path(study_dir).glob("n*-p*") if p.is_dir()):
         for row in collect_results(group_dir):
@@ -197,8 +194,6 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
     What an exported study needs besides its rows to be rerun: the per-group subset size and seed are listed under
     ``groups``; every other setting must agree between the groups (a disagreement is listed under ``differences``).
     """
-    from .sweep import SWEEP_CONFIG_NAME
-
     shared: dict[str, Any] | None = None
     differences: set[str] = set()
     groups = []
