@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import special, stats
 
+from .multiple_testing import annotate_holm
+
 __all__ = [
     "PAPER_REFERENCE",
     "analyze_sweep",
@@ -303,7 +305,8 @@ def analyze_sweep(
 
     Returns:
         `dict`: `metrics`, `unit`, `confidence`, counts (`n_rows`, `n_ci_rows`, `n_cells`), `correlations`
-        (`{metric: {"ci_mean" | "ci_width": {"pearson": {...}, "spearman": {...}}}}`), `baseline`
+        (`{metric: {"ci_mean" | "ci_width": {"pearson": {...}, "spearman": {...}}}}`, each with its p-value and the
+        Holm-adjusted `p_holm` within the family stated under `multiple_testing`), `baseline`
         (`{metric: {mean, std, n}}`, empty without a uniform row), `cells` (per-cell mean/std over seeds) and
         `paper_reference`.
     """
@@ -368,6 +371,10 @@ def analyze_sweep(
         }
         for metric in metric_names
     }
+    # Every metric against both CI variables is many tests at once: Holm within each kind of correlation.
+    for kind in ("pearson", "spearman"):
+        family = [correlations[m][v][kind] for m in metric_names for v in ("ci_mean", "ci_width")]
+        annotate_holm(family, f"every {kind} correlation of this analysis (each metric vs ci_mean and vs ci_width)")
     baseline = {metric: _summary([_num(row.get(metric)) for row in baseline_rows]) for metric in metric_names}
 
     result = {
@@ -379,6 +386,10 @@ def analyze_sweep(
         "n_ci_rows": len(ci_rows),
         "n_cells": len(ci_cell_names),
         "correlations": correlations,
+        "multiple_testing": {
+            "family": f"one per kind (Pearson, Spearman): every metric vs ci_mean and vs ci_width at unit={unit!r}",
+            "method": "Holm (statsmodels multipletests, method='holm'); adjusted p in p_holm beside p_value",
+        },
         "baseline": baseline if baseline_rows else {},
         "baseline_cells": sorted({_cell_key(row) for row in baseline_rows}),
         "cells": cells,

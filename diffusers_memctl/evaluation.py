@@ -484,7 +484,13 @@ def write_evaluation_plots(
     written.append(save_figure(figure, plots / "nn_distances.png"))
     if modality == "image":
         nearest = training[indices[:16, 0]].numpy()
-        figure = plot_image_nn_grid(generated[:16].numpy(), nearest, distances=distances[:16, 0])
+        figure = plot_image_nn_grid(
+            generated[:16].numpy(),
+            nearest,
+            distances=distances[:16, 0],
+            ratios=ratio,
+            threshold=memorization_threshold,
+        )
         written.append(save_figure(figure, plots / "nearest_neighbors.png"))
     else:
         written.append(

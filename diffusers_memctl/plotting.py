@@ -610,8 +610,14 @@ def plot_image_nn_grid(
     max_items: int = 16,
     ncols: int = 8,
     distances: Any = None,
+    ratios: Any = None,
+    threshold: float | None = None,
 ) -> Figure:
-    """Generated images, each above its nearest training image.
+    """Generated images, each above its nearest training image; with `ratios` and `threshold`, copies marked.
+
+    A pair counts as a copy when the generated image's nearest training image is less than `threshold` times as far
+    as the second nearest (``ratios < threshold``, the test behind ``memorized_fraction``): both images of such a pair
+    get a red frame and the title says how many of the pairs shown, and of all `ratios`, are copies.
 
     Args:
         generated (`np.ndarray` or `torch.Tensor`):
@@ -624,6 +630,12 @@ def plot_image_nn_grid(
             Pairs per row.
         distances (`np.ndarray`, *optional*):
             Distance of each pair, shape `(N,)`, written above the generated image.
+        ratios (`np.ndarray`, *optional*):
+            Nearest / second-nearest training distance of every generated sample (all of them, not only those
+            shown; the first ones belong to the pairs shown), shape `(M,)` with `M >= N`.
+        threshold (`float`, *optional*):
+            Ratio under which a pair counts as a copy (the evaluation's ``--memorization_threshold``, 1/3 by
+            default). Required with `ratios`.
 
     Returns:
         `matplotlib.figure.Figure`
@@ -640,8 +652,15 @@ def plot_image_nn_grid(
     if count == 0:
         raise ValueError("generated holds no image")
     dist = None if distances is None else _to_numpy(distances, "distances").ravel()
+    ratio = None if ratios is None else _to_numpy(ratios, "ratios").ravel()
+    if ratio is not None and (threshold is None or ratio.size < count):
+        raise ValueError(
+            f"ratios needs a threshold and one value per pair shown; got threshold={threshold}, {ratio.size} ratios "
+            f"for {count} pairs"
+        )
+    copy = np.zeros(count, dtype=bool) if ratio is None else ratio[:count] < float(threshold)
     pair_rows, cols = _grid_shape(count, ncols)
-    fig = _new_figure(1.4 * cols, 2.9 * pair_rows)
+    fig = _new_figure(1.4 * cols, 2.9 * pair_rows + 0.4)
     axes = fig.subplots(2 * pair_rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -654,9 +673,27 @@ def plot_image_nn_grid(
                 ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
             else:
                 ax.imshow(np.transpose(image, (1, 2, 0)))
-        if dist is not None and index < dist.size:
-            axes[2 * row, col].set_title(f"d={dist[index]:.3g}", fontsize=7)
-    fig.suptitle("top: generated, bottom: nearest training sample", fontsize=10)
+            if copy[index]:
+                # A frame needs the axes on; ticks stay hidden.
+                ax.set_axis_on()
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("red")
+                    spine.set_linewidth(3)
+        parts = [] if dist is None or index >= dist.size else [f"d={dist[index]:.3g}"]
+        parts += [] if ratio is None else [f"r={ratio[index]:.2f}"]
+        if parts:
+            color = "red" if copy[index] else "black"
+            axes[2 * row, col].set_title(" ".join(parts), fontsize=7, color=color)
+    title = "top: generated, bottom: nearest training sample"
+    if ratio is not None:
+        title += (
+            f"\nred frame = copy (r = nearest / second-nearest distance < {float(threshold):.3g}): "
+            f"{int(copy.sum())} of the {count} shown, {100 * float(np.mean(ratio < float(threshold))):.1f}% of all "
+            f"{ratio.size} samples"
+        )
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -1030,10 +1067,12 @@ def _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis
     lines = [
         "Cell level: Pearson r over cell means (seeds averaged; the honest unit when every run shares one "
         "pretrained model). Run level: every run as if independent (pseudo-replicated; comparable to the paper's "
-        "way of counting).",
+        "way of counting). p_Holm: Holm-adjusted within one family per level, every metric of this table against "
+        "the CI mean and against the CI width.",
         "",
-        f"| metric | vs | r, cell means [{level}% CI] | p | n | r, runs [{level}% CI] | p | n | paper r | paper 95% CI |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| metric | vs | r, cell means [{level}% CI] | p | p_Holm | n | r, runs [{level}% CI] | p | p_Holm | n "
+        "| paper r | paper 95% CI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for metric in metrics:
         for variable in ("ci_mean", "ci_width"):
@@ -1043,9 +1082,9 @@ def _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis
             lines.append(
                 f"| {metric} | {variable} | {_fmt(cell.get('r'), '+.3f')} "
                 f"{_fmt_interval(cell.get('ci_low'), cell.get('ci_high'))} | {_fmt_p(cell.get('p_value'))} | "
-                f"{cell.get('n', '–')} | {_fmt(run.get('r'), '+.3f')} "
+                f"{_fmt_p(cell.get('p_holm'))} | {cell.get('n', '–')} | {_fmt(run.get('r'), '+.3f')} "
                 f"{_fmt_interval(run.get('ci_low'), run.get('ci_high'))} | {_fmt_p(run.get('p_value'))} | "
-                f"{run.get('n', '–')} | {_fmt(ref.get('r'), '+.4f')} | {_fmt_interval(ref.get('ci_low'), ref.get('ci_high'))} |"
+                f"{_fmt_p(run.get('p_holm'))} | {run.get('n', '–')} | {_fmt(ref.get('r'), '+.4f')} | {_fmt_interval(ref.get('ci_low'), ref.get('ci_high'))} |"
             )
     return lines + [""]
 

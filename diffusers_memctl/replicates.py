@@ -26,10 +26,24 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from statsmodels.regression.mixed_linear_model import MixedLM
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .analysis import _num
+from .multiple_testing import annotate_holm
 
-__all__ = ["method_contrasts", "mixed_model_effect", "replicate_correlations", "replicate_values", "t_interval"]
+__all__ = [
+    "holm_contrasts",
+    "holm_correlations",
+    "method_contrasts",
+    "mixed_model_effect",
+    "replicate_correlations",
+    "replicate_values",
+    "t_interval",
+]
+
+#: A random-intercept variance at most this fraction of the residual variance counts as zero (a boundary fit).
+BOUNDARY_VARIANCE_RATIO = 1e-6
 
 #: Fewer replicates than this make a percentile bootstrap over replicates unreliable (too few distinct resamples).
 MIN_BOOTSTRAP_REPLICATES = 5
@@ -114,14 +128,22 @@ def mixed_model_effect(
     """Fixed effect of `term` on `metric` in ``metric ~ term + (1 | replicate)`` fitted on individual runs.
 
     `term` is either a numeric column (a slope, e.g. ``ci_mean``) or ``"is:<method>"`` (a 0/1 indicator of one
-    method, for a two-method subset of rows). Fitted by REML with statsmodels ``MixedLM``; a fit that fails or does
-    not converge is reported in ``note`` instead of raising.
+    method, for a two-method subset of rows). Fitted by REML with statsmodels ``MixedLM``; a fit that fails is
+    reported in ``note`` instead of raising. Whether the fit can be quoted is recorded, not hidden: ``converged``
+    (the optimizer's own flag, after statsmodels' retries with other optimizers), ``convergence_warnings`` (the
+    text of every statsmodels ``ConvergenceWarning`` raised while fitting), ``hessian_positive_definite`` (false
+    when statsmodels warns that it is not: the standard errors, interval and p are unreliable) and ``boundary``
+    (the random-intercept variance is zero, to within :data:`BOUNDARY_VARIANCE_RATIO` of the residual variance: the
+    model has collapsed to ordinary least squares). ``quotable`` is true only for a converged fit with a positive
+    definite Hessian that is not on the boundary. statsmodels' own "MLE may be on the boundary" warning compares the
+    variance with an absolute 0.01, so it fires on any metric measured in small units (copies are fractions): it is
+    recorded among the warnings but the boundary flag uses the relative test.
 
     Returns:
-        `dict`: `estimate`, `ci_low`, `ci_high`, `p_value`, `n_runs`, `n_groups`, `note`.
+        `dict`: `estimate`, `ci_low`, `ci_high`, `p_value`, `n_runs`, `n_groups`, `converged`,
+        `convergence_warnings`, `random_intercept_variance`, `residual_variance`, `hessian_positive_definite`,
+        `boundary`, `quotable`, `note` (`None` for a quotable fit, else why not).
     """
-    import statsmodels.formula.api as smf
-
     data: dict[str, list] = {"y": [], "x": [], "g": []}
     for row in rows:
         y = _num(row.get(metric))
@@ -136,25 +158,37 @@ def mixed_model_effect(
         data["g"].append(str(row.get(group_key)))
     n_groups = len(set(data["g"]))
     out: dict[str, Any] = {"estimate": None, "ci_low": None, "ci_high": None, "p_value": None}
-    out.update(n_runs=len(data["y"]), n_groups=n_groups, note=None)
+    out.update(n_runs=len(data["y"]), n_groups=n_groups, converged=None, convergence_warnings=[])
+    out.update(random_intercept_variance=None, residual_variance=None, hessian_positive_definite=None)
+    out.update(boundary=None, quotable=False, note=None)
     if n_groups < 2 or len(set(data["x"])) < 2 or len(data["y"]) < n_groups + 2:
         out["note"] = "too few runs or groups, or a constant term"
         return out
     if float(np.std(data["y"])) == 0.0:
         out["note"] = "constant metric"
         return out
+    exog = np.column_stack([np.ones(len(data["x"])), np.asarray(data["x"], dtype=np.float64)])
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = smf.mixedlm("y ~ x", data, groups=data["g"]).fit(reml=True)
-        low, high = fit.conf_int(alpha=1 - confidence).loc["x"]
-        out.update(estimate=float(fit.params["x"]), ci_low=float(low), ci_high=float(high))
-        out["p_value"] = float(fit.pvalues["x"])
-        notes = sorted({type(w.message).__name__ for w in caught})
-        if not fit.converged or notes:
-            out["note"] = "; ".join((["did not converge"] if not fit.converged else []) + notes)
+            fit = MixedLM(np.asarray(data["y"], dtype=np.float64), exog, groups=np.asarray(data["g"])).fit(reml=True)
+            low, high = np.asarray(fit.conf_int(alpha=1 - confidence))[1]
+            estimate, p_value = float(np.asarray(fit.params)[1]), float(np.asarray(fit.pvalues)[1])
     except (ValueError, np.linalg.LinAlgError) as err:
         out["note"] = f"fit failed: {err}"
+        return out
+    out.update(estimate=estimate, ci_low=float(low), ci_high=float(high), p_value=p_value)
+    variance = float(np.asarray(fit.cov_re).ravel()[0])
+    messages = sorted({str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)})
+    hessian_ok = not any("Hessian" in m for m in messages)
+    boundary = variance <= BOUNDARY_VARIANCE_RATIO * max(float(fit.scale), np.finfo(np.float64).tiny)
+    out.update(converged=bool(fit.converged), convergence_warnings=messages, random_intercept_variance=variance)
+    out.update(residual_variance=float(fit.scale), hessian_positive_definite=hessian_ok, boundary=bool(boundary))
+    out["quotable"] = bool(fit.converged and hessian_ok and not boundary)
+    problems = ["did not converge"] if not fit.converged else []
+    problems += [] if hessian_ok else ["Hessian not positive definite (standard errors unreliable)"]
+    problems += ["random-intercept variance on the boundary (0)"] if boundary else []
+    out["note"] = "; ".join(problems) or None
     return out
 
 
@@ -236,9 +270,15 @@ def replicate_correlations(
 ) -> list[dict[str, Any]]:
     """Correlation of `metric` with `variable` over the CI-normal methods, per size, at the replicate level.
 
-    Per replicate: Pearson r over that replicate's method means (needs >= 3 distinct values of `variable`). Summary:
-    mean of Fisher z = atanh(r) over replicates with a t interval, transformed back to r. Beside it the mixed-model
-    slope on every run and the pooled run-level Pearson r (pseudo-replicated, for comparison).
+    Per replicate: Pearson r over that replicate's method means (needs >= 3 distinct values of `variable` and a
+    metric that varies). Summary: mean of Fisher z = atanh(r) over replicates with a t interval, transformed back to
+    r. Beside it the mixed-model slope on every run and the pooled run-level Pearson r (pseudo-replicated, for
+    comparison).
+
+    What the number rests on is recorded with it: `n_points_per_replicate` and `variable_values` (each r is over
+    that few points), `n_replicates_total` and `excluded_replicates` (a replicate left out and why: its r is
+    undefined), and `per_replicate_r_without_lowest` (r with the method at the lowest value of `variable` left
+    out: an r near -1 or +1 that vanishes without it is one point against the rest, not a dose-response).
     """
     from .analysis import pearson_with_ci
 
@@ -246,12 +286,21 @@ def replicate_correlations(
     out = []
     for size in sorted({r["train_subset_size"] for r in table if r["train_subset_size"] is not None}):
         at_size = [r for r in table if r["train_subset_size"] == size and r[metric] is not None]
-        per_replicate = {}
+        per_replicate, excluded, without_lowest = {}, {}, {}
         for replicate in dict.fromkeys(r[replicate_key] for r in at_size):
-            points = [(r[variable], r[metric]) for r in at_size if r[replicate_key] == replicate]
+            points = sorted((r[variable], r[metric]) for r in at_size if r[replicate_key] == replicate)
             xs, ys = zip(*points) if points else ((), ())
-            if len(set(xs)) >= 3 and np.std(ys) > 0:
+            if len(set(xs)) < 3:
+                excluded[str(replicate)] = f"fewer than 3 distinct {variable} values"
+            elif np.std(ys) == 0:
+                excluded[str(replicate)] = f"{metric} is the same for every CI method (r undefined)"
+            else:
                 per_replicate[str(replicate)] = float(stats.pearsonr(xs, ys)[0])
+                # Is the correlation carried by the lowest point alone? r over the others, when 3 values remain.
+                rest = [(x, y) for x, y in points if x != xs[0]]
+                if len({x for x, _ in rest}) >= 3 and np.std([y for _, y in rest]) > 0:
+                    without_lowest[str(replicate)] = float(stats.pearsonr(*zip(*rest))[0])
+        values = sorted({r[variable] for r in at_size})
         zs = [math.atanh(max(-0.999999, min(0.999999, r))) for r in per_replicate.values()]
         z_summary = t_interval(zs, confidence)
         back = {
@@ -266,6 +315,12 @@ def replicate_correlations(
                 "variable": variable,
                 "train_subset_size": size,
                 "per_replicate_r": per_replicate,
+                # What each per-replicate r rests on: this many CI methods, at these values of the variable.
+                "n_points_per_replicate": len(values),
+                "variable_values": values,
+                "n_replicates_total": len({r[replicate_key] for r in at_size}),
+                "excluded_replicates": excluded,
+                "per_replicate_r_without_lowest": without_lowest,
                 "replicate_level": {
                     "r": back["mean"],
                     "ci_low": back["ci_low"],
@@ -284,3 +339,62 @@ def replicate_correlations(
             }
         )
     return out
+
+
+#: The p-values of one contrast or correlation entry: (where in the entry, which key).
+_P_VALUES = (
+    ("replicate_level", "p_value", "p_holm"),
+    ("mixed_model", "p_value", "p_holm"),
+    ("mixed_model_slope", "p_value", "p_holm"),
+    ("run_level", "welch_p_value", "welch_p_holm"),
+    ("run_level", "p_value", "p_holm"),
+)
+
+
+def _annotate_family(entries: Sequence[dict[str, Any]], family: str) -> None:
+    for part, p_key, out_key in _P_VALUES:
+        members = [e[part] for e in entries if isinstance(e.get(part), dict) and p_key in e[part]]
+        if members:
+            annotate_holm(members, family, p_key=p_key, out_key=out_key)
+
+
+def holm_contrasts(contrasts: Mapping[str, Sequence[dict[str, Any]]], label: str = "") -> dict[str, str]:
+    """Holm-adjust, in place, the contrasts of :func:`method_contrasts` per metric (`contrasts` maps metric -> list).
+
+    Family: one metric at one training-set size, every method against the same baseline (e.g. the 8 methods minus
+    uniform on copies at 16 images). Each kind of p-value (replicate-level t test, mixed model, run-level Welch) is
+    adjusted within its own family; the adjusted value sits beside the raw one (`p_holm`, `welch_p_holm`).
+
+    Returns:
+        `dict`: the family definition, for ``analysis.json``.
+    """
+    baseline = None
+    for metric, entries in contrasts.items():
+        for size in dict.fromkeys(e["train_subset_size"] for e in entries):
+            family = [e for e in entries if e["train_subset_size"] == size]
+            baseline = family[0]["baseline"]
+            _annotate_family(family, f"{label}{metric} at {size} training samples: every method - {baseline}")
+    return {
+        "family": "one metric at one training-set size: every method minus the same baseline"
+        + (f" ({baseline})" if baseline else ""),
+        "method": "Holm (statsmodels multipletests, method='holm')",
+    }
+
+
+def holm_correlations(correlations: Mapping[str, Sequence[dict[str, Any]]], label: str = "") -> dict[str, str]:
+    """Holm-adjust, in place, :func:`replicate_correlations` results keyed ``"<metric>_vs_<variable>"``.
+
+    Family: one training-set size and one variable (CI mean or CI width), every metric correlated with it.
+    """
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for entries in correlations.values():
+        if not isinstance(entries, list):
+            continue
+        for e in entries:
+            families.setdefault((e["train_subset_size"], e["variable"]), []).append(e)
+    for (size, variable), entries in families.items():
+        _annotate_family(entries, f"{label}every metric vs {variable} at {size} training samples")
+    return {
+        "family": "one training-set size and one variable (ci_mean or ci_width): every metric correlated with it",
+        "method": "Holm (statsmodels multipletests, method='holm')",
+    }

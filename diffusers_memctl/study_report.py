@@ -15,11 +15,20 @@ from typing import Any
 import numpy as np
 
 from .analysis import _num
-from .replicates import method_contrasts, replicate_correlations, replicate_values, t_interval
+from .methods import resolve_method
+from .replicates import (
+    holm_contrasts,
+    holm_correlations,
+    method_contrasts,
+    replicate_correlations,
+    replicate_values,
+    t_interval,
+)
 
 __all__ = [
     "MEMORIZATION_METRICS",
     "QUALITY_METRICS",
+    "mixed_model_fit_counts",
     "plot_pareto",
     "study_analysis",
     "write_study_analysis",
@@ -28,6 +37,13 @@ __all__ = [
 
 #: Copy measures (lower `memorized_fraction` = fewer copies; higher `nn_ratio_mean` / `nn_l2_mean` = further from them).
 MEMORIZATION_METRICS = ("memorized_fraction", "nn_ratio_mean", "nn_l2_mean")
+#: Which way each copy measure points, for axis labels. `nn_ratio_mean` is nearest / second-nearest training
+#: distance (near 0 = a near-duplicate of one training sample), `nn_l2_mean` the distance to the nearest one.
+COPY_DIRECTION = {
+    "memorized_fraction": "lower = fewer copies",
+    "nn_ratio_mean": "higher = farther from any one\ntraining sample = fewer copies",
+    "nn_l2_mean": "higher = farther from the\ntraining samples = fewer copies",
+}
 #: Quality measures, lower = better. Only the held-out ones do not reward copying the training set.
 QUALITY_METRICS = (
     "heldout_frechet_distance",
@@ -83,11 +99,33 @@ def _references(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]
 
 
 def study_analysis(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.95) -> dict[str, Any]:
-    """The content of a study's ``analysis.json``: counts, replicate table, contrasts and correlations."""
+    """The content of a study's ``analysis.json``: counts, replicate table, contrasts and correlations.
+
+    Every p-value has its Holm-adjusted value beside it (``p_holm``), adjusted within the families stated under
+    ``multiple_testing``; every mixed-model fit records whether it converged and whether it sits on the boundary,
+    and ``mixed_model_fits`` counts them.
+    """
     metrics = _present(rows, (*MEMORIZATION_METRICS, *QUALITY_METRICS, "final_loss"))
     methods = _methods(rows)
     ci_methods = sorted({str(r.get("method")) for r in rows if _num(r.get("ci_mean")) is not None})
-    return {
+    vs_uniform = {m: method_contrasts(rows, m, confidence=confidence) for m in metrics}
+    # The paper's late interval against every other method: is a peer's difference from it resolved?
+    vs_late = (
+        {m: method_contrasts(rows, m, baseline="ci_late", confidence=confidence) for m in metrics}
+        if "ci_late" in methods
+        else {}
+    )
+    correlations = {
+        f"{m}_vs_{v}": replicate_correlations(rows, m, v, confidence=confidence)
+        for m in metrics
+        for v in ("ci_mean", "ci_width")
+    }
+    multiple_testing = {
+        "contrasts_vs_uniform": holm_contrasts(vs_uniform),
+        "contrasts_vs_ci_late": holm_contrasts(vs_late),
+        "ci_correlations": holm_correlations(correlations),
+    }
+    analysis = {
         "schema_version": 1,
         "unit_of_replication": "pretraining (pretrain_seed): fine-tune seeds are averaged within it first",
         "confidence": confidence,
@@ -99,22 +137,39 @@ def study_analysis(rows: Sequence[Mapping[str, Any]], *, confidence: float = 0.9
             for size in _sizes(rows)
         },
         "references": {str(k): v for k, v in _references(rows).items()},
+        "multiple_testing": multiple_testing,
         "replicate_values": replicate_values(rows, metrics),
-        "contrasts_vs_uniform": {m: method_contrasts(rows, m, confidence=confidence) for m in metrics},
-        # The paper's late interval against every other method: is a peer's difference from it resolved?
-        "contrasts_vs_ci_late": (
-            {m: method_contrasts(rows, m, baseline="ci_late", confidence=confidence) for m in metrics}
-            if "ci_late" in methods
-            else {}
-        ),
-        "ci_correlations": {
-            "methods": ci_methods,
-            **{
-                f"{m}_vs_{v}": replicate_correlations(rows, m, v, confidence=confidence)
-                for m in metrics
-                for v in ("ci_mean", "ci_width")
-            },
-        },
+        "contrasts_vs_uniform": vs_uniform,
+        "contrasts_vs_ci_late": vs_late,
+        "ci_correlations": {"methods": ci_methods, **correlations},
+    }
+    analysis["mixed_model_fits"] = mixed_model_fit_counts(analysis)
+    return analysis
+
+
+def _mixed_model_fits(analysis: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    fits = []
+    for section, part in (
+        ("contrasts_vs_uniform", "mixed_model"),
+        ("contrasts_vs_ci_late", "mixed_model"),
+        ("ci_correlations", "mixed_model_slope"),
+    ):
+        for entries in analysis.get(section, {}).values():
+            if isinstance(entries, list):
+                fits += [e[part] for e in entries if isinstance(e, dict) and e[part].get("converged") is not None]
+    return fits
+
+
+def mixed_model_fit_counts(analysis: Mapping[str, Any]) -> dict[str, int]:
+    """How many mixed-model fits in `analysis` were made, converged, warned, sit on the boundary, can be quoted."""
+    fits = _mixed_model_fits(analysis)
+    return {
+        "fitted": len(fits),
+        "not_converged": sum(not f["converged"] for f in fits),
+        "with_convergence_warning": sum(bool(f["convergence_warnings"]) for f in fits),
+        "hessian_not_positive_definite": sum(f["hessian_positive_definite"] is False for f in fits),
+        "boundary": sum(bool(f["boundary"]) for f in fits),
+        "quotable": sum(bool(f["quotable"]) for f in fits),
     }
 
 
@@ -141,7 +196,7 @@ def plot_pareto(
     sizes = _sizes(rows)
     methods = _methods(rows)
     refs = _references(rows)
-    fig = _new_figure(4.6 * len(sizes), 4.4)
+    fig = _new_figure(4.6 * len(sizes) + 1.8, 4.4)
     axes = fig.subplots(1, len(sizes), squeeze=False)[0]
     table = replicate_values(rows, [copies_metric, quality_metric])
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
@@ -174,12 +229,17 @@ def plot_pareto(
         if quality_metric == "heldout_frechet_distance" and "heldout_frechet_fresh" in ref:
             ax.axvline(ref["heldout_frechet_fresh"], color="0.6", ls="-.", lw=0.8, label="fresh held-out data")
         if f"ref_{copies_metric}" in ref:
-            ax.axhline(ref[f"ref_{copies_metric}"], color="0.4", ls=":", lw=0.8, label="training subset itself")
-        ax.set_title(f"{size} training samples", fontsize=9)
-        ax.set_xlabel(f"{quality_metric} (lower = better)", fontsize=8)
-        ax.set_ylabel(f"{copies_metric} (lower = fewer copies)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+            level = ref[f"ref_{copies_metric}"]
+            # Drawn over the points and kept inside the axes: at 0 copies it would otherwise sit on the frame.
+            ax.axhline(level, color="tab:red", ls=(0, (4, 2)), lw=1.4, zorder=5, label="training subset itself")
+            low, high = ax.get_ylim()
+            pad = 0.04 * max(high - low, 1e-9)
+            ax.set_ylim(min(low, level - pad), max(high, level + pad))
+        ax.set_title(f"{size} training samples", fontsize=10)
+        ax.set_xlabel(f"{quality_metric} (lower = better)", fontsize=9)
+        ax.set_ylabel(f"{copies_metric}\n({COPY_DIRECTION.get(copies_metric, 'see the report')})", fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -189,7 +249,7 @@ def plot_metric_by_size(rows: Sequence[Mapping[str, Any]], metric: str):
     """A metric against training-set size, one line per method (replicate means, bars: t 95% interval)."""
     from .plotting import _new_figure
 
-    fig = _new_figure(6.0, 4.0)
+    fig = _new_figure(7.5, 4.0)
     ax = fig.subplots()
     table = replicate_values(rows, [metric])
     for i, method in enumerate(_methods(rows)):
@@ -207,7 +267,7 @@ def plot_metric_by_size(rows: Sequence[Mapping[str, Any]], metric: str):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training samples")
     ax.set_ylabel(metric)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig
 
 
@@ -221,7 +281,9 @@ def _study_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str
         figures["Distance ratio vs held-out quality"] = save_figure(
             plot_pareto(rows, copies_metric="nn_ratio_mean"), figures_dir / "pareto_nn_ratio.png"
         )
-    for metric in _present(rows, ("memorized_fraction", "heldout_frechet_distance")):
+    # A by-size figure needs two sizes at least: with one it is a column of points on empty axes (the Pareto
+    # figure already shows them).
+    for metric in _present(rows, ("memorized_fraction", "heldout_frechet_distance")) if len(_sizes(rows)) > 1 else ():
         figures[f"{metric} by training-set size"] = save_figure(
             plot_metric_by_size(rows, metric), figures_dir / f"by_size_{metric}.png"
         )
@@ -247,8 +309,34 @@ def _interval(entry: Mapping[str, Any], spec: str = "+.3g") -> str:
     return f"[{format(entry['ci_low'], spec)}, {format(entry['ci_high'], spec)}]"
 
 
-def _contrast(analysis: Mapping[str, Any], metric: str, size: int, method: str) -> Mapping[str, Any] | None:
-    for entry in analysis["contrasts_vs_uniform"].get(metric, []):
+def _p(value: Any) -> str:
+    v = _num(value)
+    return "–" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def _resolved(rl: Mapping[str, Any]) -> bool:
+    """The 95% interval of a difference excludes 0."""
+    return rl.get("ci_low") is not None and (rl["ci_low"] > 0 or rl["ci_high"] < 0)
+
+
+def _marks(rl: Mapping[str, Any]) -> str:
+    """`*`: the interval excludes 0; `†`: so does the Holm-adjusted test (p_holm < 0.05)."""
+    holm = _num(rl.get("p_holm"))
+    return ("*" if _resolved(rl) else "") + ("†" if holm is not None and holm < 0.05 else "")
+
+
+#: Said once, above the first table that uses the marks.
+MARKS_FOOTNOTE = (
+    "Marks: `*` = the 95% t interval of the difference excludes 0 (no correction for the many comparisons); "
+    "`†` = still significant after Holm correction (adjusted p < 0.05) within its family: one metric at one size, "
+    "every method against the same baseline. p is the paired t test's, p_Holm its adjusted value."
+)
+
+
+def _contrast(
+    analysis: Mapping[str, Any], metric: str, size: int, method: str, section: str = "contrasts_vs_uniform"
+) -> Mapping[str, Any] | None:
+    for entry in (analysis.get(section) or {}).get(metric, []):
         if entry["train_subset_size"] == size and entry["method"] == method:
             return entry
     return None
@@ -263,7 +351,56 @@ def _mean_of(analysis: Mapping[str, Any], metric: str, size: int, method: str) -
     return float(np.mean(vals)) if vals else None
 
 
+def _described(method: str) -> str:
+    """What `method` is, in words (its study description, or the name alone for an unknown one)."""
+    try:
+        return resolve_method(method).description
+    except ValueError:
+        return method
+
+
+def _short(method: str) -> str:
+    """`ci_late` (timesteps from [750, 1000]): the interval in the sentence that names the method."""
+    try:
+        interval = resolve_method(method).ci_interval
+    except ValueError:
+        interval = None
+    if interval is None:
+        return f"`{method}`"
+    return f"`{method}` (CI-normal timesteps on [{interval[0]:g}, {interval[1]:g}])"
+
+
+def _support(rl: Mapping[str, Any], scale: float, spec: str) -> str:
+    """What the difference rests on: the interval over pretrainings with p and Holm-adjusted p, or "no interval"."""
+    if rl["n"] < 2:
+        return "one pretraining: a single measurement, no interval"
+    scaled = {k: (None if rl.get(k) is None else scale * rl[k]) for k in ("ci_low", "ci_high")}
+    text = f"95% interval {_interval(scaled, spec)} over {rl['n']} pretrainings"
+    if rl.get("p_value") is not None:
+        text += f", p = {_p(rl['p_value'])}"
+        if rl.get("p_holm") is not None:
+            text += f", Holm-adjusted {_p(rl['p_holm'])} over the {rl['holm_family_size']} methods vs uniform"
+    return text
+
+
+def _verdict(rl: Mapping[str, Any], fewer: str, more: str) -> str:
+    if rl["n"] < 2:
+        return ""
+    holm = _num(rl.get("p_holm"))
+    if not _resolved(rl):
+        return "no difference the interval can resolve"
+    word = fewer if rl["mean"] < 0 else more
+    if holm is not None and holm >= 0.05:
+        return f"{word} by its own interval, but not after Holm correction for the methods compared"
+    return f"{word} (the interval excludes 0, also after Holm correction)"
+
+
 def _answer(analysis: Mapping[str, Any], late: str) -> list[str]:
+    """Per size: copies and held-out quality of uniform and `late`, the differences, and what they support."""
+    quality = next(
+        (m for m in ("heldout_frechet_distance", "pca_frechet_distance") if m in analysis["contrasts_vs_uniform"]),
+        None,
+    )
     lines = []
     for size in analysis["sizes"]:
         ref = analysis["references"].get(str(size), {})
@@ -273,25 +410,34 @@ def _answer(analysis: Mapping[str, Any], late: str) -> list[str]:
         if uni is None or lat is None or c is None:
             continue
         rl = c["replicate_level"]
-        n = rl["n"]
-        verdict = (
-            "neither copies: at this size the models are not in a memorization regime"
-            if uni == 0 and lat == 0
-            else "a single measurement, no interval (one pretraining)"
-            if n < 2
-            else "fewer copies (the 95% interval excludes 0)"
-            if rl["ci_high"] is not None and rl["ci_high"] < 0
-            else "more copies (the 95% interval excludes 0)"
-            if rl["ci_low"] is not None and rl["ci_low"] > 0
-            else "no difference the interval can resolve"
+        text = (
+            f"- **{size} training samples**: uniform fine-tuning copies {100 * uni:.1f}% of its samples, "
+            f"{_short(late)} {100 * lat:.1f}%"
         )
-        lines.append(
-            f"- **{size} training samples**: uniform fine-tuning copies {100 * uni:.1f}% of its samples, `{late}` "
-            f"{100 * lat:.1f}% (difference {100 * rl['mean']:+.1f} points, 95% interval "
-            f"{_interval({k: (None if v is None else 100 * v) for k, v in rl.items()}, '+.1f')} over {n} "
-            f"pretrainings): {verdict}. The training subset itself has "
-            f"{100 * ref.get('ref_memorized_fraction', 0):.1f}% near-duplicates by the same test."
+        if uni == 0 and lat == 0:
+            text += ": neither copies, at this size the models are not in a memorization regime."
+        else:
+            verdict = _verdict(rl, "fewer copies", "more copies")
+            text += (
+                f": {abs(100 * rl['mean']):.1f} points {'fewer' if rl['mean'] < 0 else 'more'} "
+                f"({_support(rl, 100, '+.1f')})" + (f", {verdict}" if verdict else "") + "."
+            )
+        q = _contrast(analysis, quality, size, late) if quality else None
+        if q is not None and q["replicate_level"]["mean"] is not None:
+            ql = q["replicate_level"]
+            verdict = _verdict(ql, "better", "worse")
+            text += (
+                f" Quality on held-out data (`{quality}`, lower = better): uniform {_f(q['baseline_mean'])}, "
+                f"`{late}` {_f(q['method_mean'])}: `{late}` is {abs(ql['mean']):.2f} "
+                f"{'worse' if ql['mean'] > 0 else 'better'} ({_support(ql, 1, '+.2f')})"
+                + (f", {verdict}" if verdict else "")
+                + "."
+            )
+        text += (
+            f" The training subset itself has {100 * ref.get('ref_memorized_fraction', 0):.1f}% near-duplicates by "
+            "the same test."
         )
+        lines.append(text)
     return lines
 
 
@@ -303,15 +449,24 @@ def write_study_report(
     late = "ci_late" if "ci_late" in methods else next((m for m in methods if m != "uniform"), "uniform")
     n_reps = sorted(set(analysis["n_replicates"].values()))
     reps_text = str(n_reps[0]) if len(n_reps) == 1 else f"{n_reps[0]}-{n_reps[-1]}"
+    intervals = (
+        "With one pretraining there is no interval: every number below is a single measurement."
+        if n_reps == [1]
+        else f"Intervals are Student-t 95% intervals over {reps_text} pretrainings."
+    )
     lines = [
         "# Memorization study",
         "",
         "## The answer",
         "",
+        "The methods, each fine-tuning the same pretrained model for the same number of steps:",
+        "",
+        *(f"- `{m}`: {_described(m)}" for m in methods),
+        "",
         "A sample counts as a **copy** when its nearest training sample is less than a third as far as the second "
         "nearest (`memorized_fraction`; Yoon et al. 2023, Gu et al. 2023). 0% means no sample is a near-duplicate "
         "of one training sample. Each value is the mean over independent pretrainings (the replicate; fine-tune "
-        f"seeds are averaged inside it first); intervals are Student-t 95% intervals over {reps_text} pretrainings.",
+        f"seeds are averaged inside it first). {intervals}",
         "",
         *_answer(analysis, late),
         "",
@@ -331,6 +486,7 @@ def write_study_report(
     for title, path in figures.items():
         lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += _correlation_section(analysis)
+    lines += _mixed_model_section(analysis)
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -364,16 +520,35 @@ def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -
     return lines
 
 
+def _difference_cell(rl: Mapping[str, Any]) -> str:
+    """A table cell: difference, interval, p and Holm-adjusted p, marks (only what one pretraining supports)."""
+    if rl.get("mean") is None:
+        return "–"
+    text = _f(rl["mean"], "+.3g")
+    if rl.get("n", 0) < 2:
+        return text
+    text += f" {_interval(rl)}{_marks(rl)}"
+    if rl.get("p_value") is not None:
+        text += f"<br>p {_p(rl['p_value'])}, p_Holm {_p(rl.get('p_holm'))}"
+    return text
+
+
 def _method_tables(analysis: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
     sizes, methods = analysis["sizes"], analysis["methods"]
+    replicated = any(n >= 2 for n in analysis["n_replicates"].values())
     lines = ["## Method x training-set size", ""]
+    lines += [MARKS_FOOTNOTE, ""] if replicated else []
+    below = (
+        "the difference from uniform (paired within each pretraining) with its 95% t interval, p and p_Holm"
+        if replicated
+        else "the difference from uniform (one pretraining: no interval)"
+    )
     metrics = [m for m in (*MEMORIZATION_METRICS, *QUALITY_METRICS) if m in analysis["contrasts_vs_uniform"]]
     for metric in metrics:
         lines += [
             f"### `{metric}`",
             "",
-            "Mean over pretrainings; below it, the difference from uniform (paired within each pretraining) with "
-            "its 95% t interval.",
+            f"Mean over pretrainings; below it, {below}.",
             "",
             "| method | " + " | ".join(f"n = {s}" for s in sizes) + " |",
             "|---|" + "---|" * len(sizes),
@@ -381,13 +556,10 @@ def _method_tables(analysis: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
         for method in methods:
             cells = []
             for size in sizes:
-                mean = _mean_of(analysis, metric, size, method)
                 c = _contrast(analysis, metric, size, method)
-                text = _f(mean)
+                text = _f(_mean_of(analysis, metric, size, method))
                 if c is not None and c["replicate_level"]["mean"] is not None:
-                    rl = c["replicate_level"]
-                    mark = "*" if rl["ci_low"] is not None and (rl["ci_low"] > 0 or rl["ci_high"] < 0) else ""
-                    text += f"<br>{_f(rl['mean'], '+.3g')} {_interval(rl)}{mark}"
+                    text += f"<br>{_difference_cell(c['replicate_level'])}"
                 cells.append(text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         ref_key = f"ref_{metric}"
@@ -401,7 +573,7 @@ def _method_tables(analysis: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
             ):
                 vals = [analysis["references"].get(str(s), {}).get(key) for s in sizes]
                 lines.append(f"| *{label}* | " + " | ".join(_f(v) for v in vals) + " |")
-        lines += ["", "`*`: the 95% interval of the difference excludes 0.", ""]
+        lines.append("")
     return lines
 
 
@@ -415,7 +587,8 @@ def _head_to_head(analysis: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Head to head with `ci_late` [750, 1000]",
         "",
-        "Each method minus `ci_late`, paired within a pretraining, with its 95% t interval (`*`: excludes 0).",
+        "Each method minus `ci_late`, paired within a pretraining, with its 95% t interval, p and p_Holm (Holm "
+        "family: one metric at one size, every method minus `ci_late`); marks as above.",
         "",
     ]
     for metric in metrics:
@@ -424,15 +597,18 @@ def _head_to_head(analysis: Mapping[str, Any]) -> list[str]:
         for method in dict.fromkeys(c["method"] for c in contrasts[metric]):
             cells = []
             for size in sizes:
-                entry = next(
-                    (c for c in contrasts[metric] if c["method"] == method and c["train_subset_size"] == size), None
-                )
-                rl = entry["replicate_level"] if entry else {}
-                mark = "*" if rl.get("ci_low") is not None and (rl["ci_low"] > 0 or rl["ci_high"] < 0) else ""
-                cells.append(f"{_f(rl.get('mean'), '+.3g')} {_interval(rl)}{mark}" if rl else "–")
+                entry = _contrast(analysis, metric, size, method, "contrasts_vs_ci_late")
+                cells.append(_difference_cell(entry["replicate_level"]) if entry else "–")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _slope_text(mm: Mapping[str, Any]) -> str:
+    if mm.get("estimate") is None:
+        return "–"
+    text = f"{100 * mm['estimate']:+.3g} [{100 * mm['ci_low']:+.3g}, {100 * mm['ci_high']:+.3g}]"
+    return text if mm.get("quotable") else f"({text}, not quotable: {mm.get('note')})"
 
 
 def _correlation_section(analysis: Mapping[str, Any]) -> list[str]:
@@ -440,14 +616,21 @@ def _correlation_section(analysis: Mapping[str, Any]) -> list[str]:
     lines = [
         "## CI-normal methods: metric vs interval mean and width",
         "",
-        f"Over the CI-normal methods ({', '.join(corr['methods'])}). Replicate level: Pearson r per pretraining, "
-        "averaged as Fisher z with a t interval over pretrainings. Mixed model: slope per 100 timesteps with a "
-        "random intercept per pretraining, on every run. Run level: every run pooled as if independent "
+        f"Over the CI-normal methods ({', '.join(corr['methods'])}). Replicate level: Pearson r per pretraining "
+        "over that pretraining's CI methods (so each r rests on as many points as there are distinct CI means or "
+        "widths: listed), averaged as Fisher z with a t interval over the pretrainings whose r is defined (used / "
+        "total). *Without lowest*: the same r with the lowest CI mean or width left out; an r near -1 or +1 that "
+        "vanishes there is one interval against the rest, not a dose-response. p_Holm: Holm within one size and one "
+        "variable, every metric. Mixed model: slope per 100 timesteps with a random intercept per pretraining, on "
+        "every run; a fit that did not converge, has a singular Hessian or sits on the boundary (random-intercept "
+        "variance 0) is shown in parentheses and should not be quoted. Run level: every run pooled as if independent "
         "(pseudo-replicated; shown for comparison with the earlier reproduction only).",
         "",
-        "| metric | variable | n | replicate-level r [95%] | mixed-model slope per 100 steps [95%] | run-level r [95%] |",
-        "|---|---|---|---|---|---|",
+        "| metric | variable | n | pretrainings used | points (values) | replicate-level r [95%] | p, p_Holm "
+        "| r without lowest | mixed-model slope per 100 steps [95%] | run-level r [95%] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    excluded_notes = []
     for key, entries in corr.items():
         if key == "methods":
             continue
@@ -455,18 +638,44 @@ def _correlation_section(analysis: Mapping[str, Any]) -> list[str]:
             rl, mm, run = e["replicate_level"], e["mixed_model_slope"], e["run_level"]
             if rl["n_replicates"] < 2 and mm["estimate"] is None:
                 continue
-            slope = (
-                "–"
-                if mm["estimate"] is None
-                else (f"{100 * mm['estimate']:+.3g} [{100 * mm['ci_low']:+.3g}, {100 * mm['ci_high']:+.3g}]")
-            )
+            without = list(e.get("per_replicate_r_without_lowest", {}).values())
+            without_text = _f(float(np.mean(without)), "+.2f") + f" (mean of {len(without)})" if without else "–"
+            values = ", ".join(_f(v, "g") for v in e.get("variable_values", []))
             lines.append(
-                f"| `{e['metric']}` | {e['variable']} | {e['train_subset_size']} | {_f(rl['r'], '+.2f')} "
-                f"{_interval(rl, '+.2f')} | {slope} | {_f(run.get('r'), '+.2f')} {_interval(run, '+.2f')} |"
+                f"| `{e['metric']}` | {e['variable']} | {e['train_subset_size']} | "
+                f"{rl['n_replicates']} / {e.get('n_replicates_total', rl['n_replicates'])} | "
+                f"{e.get('n_points_per_replicate', '–')} ({values}) | {_f(rl['r'], '+.2f')} {_interval(rl, '+.2f')} | "
+                f"{_p(rl.get('p_value'))}, {_p(rl.get('p_holm'))} | {without_text} | {_slope_text(mm)} | "
+                f"{_f(run.get('r'), '+.2f')} {_interval(run, '+.2f')} |"
             )
+            for replicate, why in (e.get("excluded_replicates") or {}).items():
+                excluded_notes.append(
+                    f"- `{e['metric']}` vs {e['variable']} at {e['train_subset_size']}: pretraining {replicate} left "
+                    f"out ({why}); the replicate-level r rests on {rl['n_replicates']} pretrainings."
+                )
     if len(lines) == 6:
-        lines = lines[:2] + ["Too few CI-normal methods or pretrainings for a correlation.", ""]
-    return lines + [""]
+        return lines[:2] + ["Too few CI-normal methods or pretrainings for a correlation.", ""]
+    return lines + [""] + excluded_notes + ([""] if excluded_notes else [])
+
+
+def _mixed_model_section(analysis: Mapping[str, Any]) -> list[str]:
+    counts = analysis.get("mixed_model_fits") or {}
+    if not counts.get("fitted"):
+        return []
+    return [
+        "## Mixed-model fits",
+        "",
+        f"`analysis.json` holds {counts['fitted']} linear mixed-model fits (statsmodels `MixedLM`, a random "
+        "intercept per pretraining), a check beside the replicate-level t statistics. "
+        f"{counts['not_converged']} did not converge, {counts['hessian_not_positive_definite']} have a Hessian that "
+        f"is not positive definite (unreliable standard errors), {counts['boundary']} sit on the boundary (random-"
+        f"intercept variance 0: ordinary least squares in disguise); {counts['quotable']} are quotable. "
+        f"{counts['with_convergence_warning']} raised a statsmodels `ConvergenceWarning` (recorded per fit under "
+        '`convergence_warnings`; most are statsmodels\' "MLE may be on the boundary", which compares the variance '
+        "with an absolute 0.01 and so fires on any metric measured in small units). Each fit's `quotable` and `note` "
+        "say which it is.",
+        "",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -272,7 +272,8 @@ def test_write_sweep_report(tmp_path):
     text = path.read_text()
     assert "![mean_l2 heatmap](plots/heat.png)" in text
     assert "![mean_l2 vs mean](plots/mean.png)" in text
-    assert "| metric | vs | r, cell means [95% CI] | p | n | r, runs [95% CI] | p | n | paper r |" in text
+    header = "| metric | vs | r, cell means [95% CI] | p | p_Holm | n | r, runs [95% CI] | p | p_Holm | n | paper r |"
+    assert header in text
     pearson = analysis["correlations"]["mean_l2"]["ci_mean"]["pearson"]
     cell = analysis["cell_level_correlations"]["mean_l2"]["ci_mean"]["pearson"]
     assert cell["n"] == analysis["n_cells"] < pearson["n"]
@@ -281,6 +282,9 @@ def test_write_sweep_report(tmp_path):
     assert f"{cell['r']:+.3f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]" in row
     assert "## In short" in text and "**one** pretrained model" in text
     assert "-0.7388" in row and "[-0.8212, -0.6263]" in row  # the paper's numbers beside ours
+    # Each p sits beside its Holm-adjusted value (family: every metric vs ci_mean and ci_width at that level).
+    assert pearson["p_holm"] >= pearson["p_value"] and pearson["holm_family_size"] == 2 * len(analysis["metrics"])
+    assert f"| {plotting._fmt_p(cell['p_value'])} | {plotting._fmt_p(cell['p_holm'])} |" in row
     assert re.search(r"\| ci_0_1000 \| ci_normal \| 0 \| 1000 \| 500 \| 1000 \| 2 \|", text)
     assert "## Uniform baseline" in text
 
@@ -326,3 +330,17 @@ def test_report_compares_cells_on_the_same_timesteps_relative_to_uniform(tmp_pat
 
     with pytest.raises(ValueError, match="no ci_normal cell"):
         plotting.plot_timestep_bin_losses([e for e in analysis["timestep_bin_losses"] if e["cell"] == "uniform"])
+
+
+def test_nearest_neighbour_grid_frames_the_copies():
+    rng = np.random.default_rng(0)
+    generated, nearest = rng.uniform(-1, 1, (4, 1, 8, 8)), rng.uniform(-1, 1, (4, 1, 8, 8))
+    ratios = np.array([0.1, 0.9, 0.2, 0.5, 0.05, 0.8])  # all samples; the first 4 are shown
+    fig = plotting.plot_image_nn_grid(generated, nearest, ncols=4, ratios=ratios, threshold=1 / 3)
+    framed = [ax for ax in fig.axes if ax.axison]
+    # Pairs 0 and 2 are copies: their generated and nearest images (4 axes) get a red frame, the others none.
+    assert len(framed) == 4 and all(ax.spines["top"].get_edgecolor()[:3] == (1.0, 0.0, 0.0) for ax in framed)
+    assert "2 of the 4 shown, 50.0% of all 6 samples" in fig._suptitle.get_text()
+    assert fig.axes[0].get_title().endswith("r=0.10")
+    with pytest.raises(ValueError, match="threshold"):
+        plotting.plot_image_nn_grid(generated, nearest, ratios=ratios)

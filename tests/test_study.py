@@ -197,6 +197,71 @@ def test_replicate_correlations_find_a_slope_per_pretraining():
     assert abs(entry["run_level"]["r"]) < 0.9 < abs(entry["replicate_level"]["r"])
 
 
+def test_holm_adjusts_within_the_stated_family():
+    from statsmodels.stats.multitest import multipletests
+
+    from diffusers_memctl.multiple_testing import annotate_holm, holm_adjust
+
+    assert holm_adjust([0.012, None, 0.5, float("nan")]) == [pytest.approx(0.024), None, 0.5, None]
+    entries = [{"p_value": p} for p in (0.01, 0.04, 0.03)]
+    annotate_holm(entries, "three tests")
+    expected = multipletests([0.01, 0.04, 0.03], method="holm")[1]
+    assert [e["p_holm"] for e in entries] == pytest.approx(list(expected))
+    assert entries[0]["holm_family"] == "three tests" and entries[0]["holm_family_size"] == 3
+
+
+def test_study_contrasts_carry_holm_adjusted_p_per_metric_and_size():
+    from statsmodels.stats.multitest import multipletests
+
+    from diffusers_memctl.study_report import study_analysis
+
+    rows = _synthetic_rows(effect=0.1)
+    for row in rows:
+        row["memorized_fraction"] = row["m"]
+    analysis = study_analysis(rows)
+    entries = analysis["contrasts_vs_uniform"]["memorized_fraction"]
+    raw = [e["replicate_level"]["p_value"] for e in entries]
+    adjusted = [e["replicate_level"]["p_holm"] for e in entries]
+    assert adjusted == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    assert all(e["replicate_level"]["holm_family_size"] == 3 for e in entries)
+    assert "every method - uniform" in entries[0]["replicate_level"]["holm_family"]
+    assert entries[0]["mixed_model"]["p_holm"] is not None and entries[0]["run_level"]["welch_p_holm"] is not None
+    assert "family" in analysis["multiple_testing"]["contrasts_vs_uniform"]
+    corr = analysis["ci_correlations"]["memorized_fraction_vs_ci_mean"][0]["replicate_level"]
+    assert corr["p_holm"] >= corr["p_value"] and "vs ci_mean at 16" in corr["holm_family"]
+
+
+def test_mixed_model_flags_a_boundary_fit():
+    # Every pretraining has the same mean level: the random-intercept variance is estimated at 0 (the boundary).
+    rows = [
+        {"pretrain_seed": p, "method": method, "m": base + (0.5 if method == "ci_a" else 0.0) + sign * spread}
+        for p, spread in ((0, 0.3), (1, 0.1), (2, 0.2))
+        for method in ("uniform", "ci_a")
+        for base, sign in ((0.0, 1), (0.0, -1))
+    ]
+    fit = mixed_model_effect(rows, "m", "is:ci_a")
+    assert fit["converged"] is not None and fit["boundary"] is True and fit["quotable"] is False
+    assert "boundary" in fit["note"] and fit["random_intercept_variance"] <= 1e-6 * fit["residual_variance"]
+    # Distinct levels: a quotable fit.
+    good = mixed_model_effect([r for r in _synthetic_rows(effect=0.1) if r["method"] in ("uniform", "ci_a")], "m",
+                              "is:ci_a")  # fmt: skip
+    assert good["boundary"] is False and good["quotable"] is True and good["note"] is None
+    assert isinstance(good["convergence_warnings"], list)
+
+
+def test_correlations_say_what_they_rest_on():
+    rows = _synthetic_rows(effect=0.0, slope=-0.01)
+    for row in rows:  # pretraining 2: every CI method scores the same, so its r is undefined
+        if row["pretrain_seed"] == 2 and row["ci_mean"] is not None:
+            row["m"] = 1.0
+    (entry,) = replicate_correlations(rows, "m", "ci_mean")
+    assert entry["replicate_level"]["n_replicates"] == 2 and entry["n_replicates_total"] == 3
+    assert "2" in entry["excluded_replicates"] and "same for every CI method" in entry["excluded_replicates"]["2"]
+    assert entry["n_points_per_replicate"] == 3 and entry["variable_values"] == [125.0, 500.0, 875.0]
+    # Three CI means: without the lowest only 2 remain, too few for an r.
+    assert entry["per_replicate_r_without_lowest"] == {}
+
+
 def test_mixed_model_reports_degenerate_input_instead_of_raising():
     rows = [{"pretrain_seed": 0, "method": "uniform", "m": 1.0}, {"pretrain_seed": 0, "method": "x", "m": 2.0}]
     assert mixed_model_effect(rows, "m", "is:x")["note"]
@@ -275,6 +340,20 @@ def test_study_folder_holds_groups_rows_and_report(study):
     assert report.index("## The answer") < report.index("## Method x training-set size")
     assert "## Head to head with `ci_late`" in report
     assert "10 training samples" in report and (study / "figures" / "pareto.png").is_file()
+    # Readable for a newcomer: the interval named where the answer names the method, the quality cost in the
+    # answer, one footnote for the marks, Holm-adjusted p beside p, the mixed-model fits accounted for.
+    answer = report[report.index("## The answer") : report.index("## Method x training-set size")]
+    assert (
+        "`ci_late` (CI-normal timesteps on [750, 1000])" in answer
+        and "- `ci_late`: CI-normal on [750, 1000]" in answer
+    )
+    assert "Quality on held-out data" in answer and "over 2 pretrainings" in answer and "Holm-adjusted" in answer
+    assert "over 1 pretrainings" not in report and report.count("Marks: `*`") == 1
+    assert "p_Holm" in report and "## Mixed-model fits" in report
+    counts = analysis["mixed_model_fits"]
+    assert counts["fitted"] >= counts["quotable"] and f"{counts['fitted']} linear mixed-model fits" in report
+    # One size: no by-size figures (a column of points on empty axes).
+    assert not list((study / "figures").glob("by_size_*.png"))
 
 
 def test_exported_study_rebuilds_the_same_analysis(study, tmp_path):
@@ -307,3 +386,30 @@ def test_study_refuses_incomplete_settings(tmp_path, extra, message):
 
     with pytest.raises(ValueError, match=message):
         main(["--sweep_dir", str(tmp_path), "--train_subset_sizes", "8", *extra])
+
+
+def test_one_pretraining_says_there_is_no_interval(tmp_path):
+    from diffusers_memctl.study_report import study_analysis, write_study_report
+
+    rows = [
+        {"train_subset_size": 16, "method": m, "pretrain_seed": 0, "seed": 0, "memorized_fraction": c,
+         "heldout_frechet_distance": q, "ci_mean": None if m == "uniform" else 875.0, "run_dir": f"x/{m}"}
+        for m, c, q in (("uniform", 0.3, 1.9), ("ci_late", 0.02, 2.8))
+    ]  # fmt: skip
+    text = write_study_report(tmp_path, rows, study_analysis(rows), {}).read_text()
+    assert "With one pretraining there is no interval" in text and "over 1 pretrainings" not in text
+    assert "28.0 points fewer (one pretraining: a single measurement, no interval)" in text
+    assert "`ci_late` is 0.90 worse" in text and "Marks: `*`" not in text
+
+
+def test_pareto_labels_say_which_way_fewer_copies_lie():
+    from diffusers_memctl.study_report import plot_pareto
+
+    rows = _synthetic_rows(effect=0.1)
+    for row in rows:
+        row.update(nn_ratio_mean=row["m"], heldout_frechet_distance=row["m"], ref_nn_ratio_mean=0.0)
+    fig = plot_pareto(rows, copies_metric="nn_ratio_mean")
+    ax = fig.axes[0]
+    assert "higher = farther" in ax.get_ylabel() and "lower = fewer copies" not in ax.get_ylabel()
+    # The training subset's line at 0 lies inside the axes, not on the frame.
+    assert ax.get_ylim()[0] < 0.0
