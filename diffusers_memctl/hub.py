@@ -76,7 +76,7 @@ MEMCTL_SAMPLER_KEYS = ("num_train_timesteps", "mu", "sigma", "p_tail")
 #: File suffixes that may hold pickles; never uploaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 _UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
-_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "__pycache__"})
+_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
 

@@ -431,7 +431,8 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     """The first file of `checkpoint` that cannot be read safely, with the reason (``None`` when all read)."""
     from safetensors import safe_open
 
-    for path in sorted(checkpoint.iterdir()):
+    # Recursive: the model lives in unet/ and unet_ema/ subfolders.
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         try:
             if path.suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:

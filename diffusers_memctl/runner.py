@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
-from .distributed import process_state
+from .distributed import check_launch, process_state
 from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
@@ -52,11 +52,19 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
     validate_options(options)
     state = process_state()
+    # A launch whose processes would not train together stops before any data is loaded.
+    check_launch(state.num_processes)
     output_dir = Path(options.training.output_dir)
     t_args = options.training
     with launch_lock(output_dir, is_main_process=state.is_main_process, num_processes=state.num_processes):
         # Planned before the data is loaded, so that a refused folder fails at once.
-        plan = plan_run(output_dir, overwrite=t_args.overwrite_output_dir, resume=t_args.resume_from_checkpoint)
+        plan = plan_run(
+            output_dir,
+            overwrite=t_args.overwrite_output_dir,
+            resume=t_args.resume_from_checkpoint,
+            max_train_steps=t_args.max_train_steps,
+            num_epochs=t_args.num_epochs,
+        )
         if plan.action == "finished":
             result, data = finished_run_result(output_dir), None
         else:
