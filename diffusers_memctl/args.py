@@ -524,12 +524,13 @@ def _resolve_config_aliases(
     values: dict[str, Any], aliases: dict[str, str], path: str | None, parser: argparse.ArgumentParser
 ) -> dict[str, Any]:
     """``--config`` keys under an alias (``ddpm_num_steps``) are the setting of the field they name."""
-    resolved = {}
+    resolved: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in values.items():
         name = aliases.get(key, key)
         if name in resolved:
-            parser.error(f"--config {path}: {key} and {name} set the same setting; keep one")
-        resolved[name] = value
+            parser.error(f"--config {path}: {given_as[name]} and {key} set the same setting; keep one")
+        resolved[name], given_as[name] = value, key
     return resolved
 
 

@@ -19,7 +19,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["CPU_LAUNCH_ADVICE", "check_launch", "launched_world_size", "process_layout", "process_state", "use_cpu"]
+__all__ = [
+    "CPU_LAUNCH_ADVICE",
+    "check_launch",
+    "describe_extensions",
+    "describe_layout",
+    "launched_world_size",
+    "process_layout",
+    "process_state",
+    "use_cpu",
+]
 
 #: The launches that run N CPU processes (named by every error about the process layout).
 CPU_LAUNCH_ADVICE = (
@@ -124,3 +133,29 @@ def process_layout(accelerator: Any, *, train_batch_size: int, gradient_accumula
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "global_batch_size": train_batch_size * num_processes * gradient_accumulation_steps,
     }
+
+
+def describe_layout(layout: dict[str, Any] | None) -> str:
+    """One sentence on a recorded process layout (for the model card); empty for runs that recorded none."""
+    if not layout:
+        return ""
+    n = layout["num_processes"]
+    backend = f", {layout['backend']}" if layout.get("backend") else ""
+    accumulation = layout.get("gradient_accumulation_steps", 1)
+    per_step = f" x {accumulation} accumulated micro-batches" if accumulation > 1 else ""
+    text = (
+        f"{n} process{'es' if n > 1 else ''} on {layout['device']} ({layout['distributed_type']}{backend}), "
+        f"{layout['train_batch_size_per_process']} samples per process{per_step} = global batch "
+        f"{layout['global_batch_size']} per optimizer step; mixed precision `{layout['mixed_precision']}`"
+    )
+    if layout.get("max_train_steps"):
+        text += f"; {layout['max_train_steps']} optimizer steps ({layout.get('steps_per_epoch')} per epoch)"
+    return text + "."
+
+
+def describe_extensions(extensions: list[dict[str, Any]] | None) -> str:
+    """One sentence on the extensions of a finished run (``--resume_from_checkpoint`` with more steps)."""
+    if not extensions:
+        return ""
+    parts = [f"from step {e['from_step']} to {e['to_step']} (resumed from `{e['resumed_from']}`)" for e in extensions]
+    return "; ".join(parts) + "."

@@ -39,6 +39,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .distributed import describe_extensions, describe_layout
+
 __all__ = [
     "HubPushError",
     "PICKLE_SUFFIXES",
@@ -328,6 +330,8 @@ def render_model_card(
         timestep_sampling=_memctl_metadata(args, sampler).get("timestep_sampling", "uniform"),
         sampler_summary=", ".join(summary),
         dataset_description=dataset_description,
+        layout_text=describe_layout(config.get("process_layout")),
+        extensions_text=describe_extensions(config.get("extensions")),
         load_source=source,
         needs_snapshot=bool(subfolder and repo_id),
         load_note=load_note,

@@ -431,8 +431,9 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     """The first file of `checkpoint` that cannot be read safely, with the reason (``None`` when all read)."""
     from safetensors import safe_open
 
-    # Recursive: the model lives in unet/ and unet_ema/ subfolders.
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+    # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
+    files = sorted((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".safetensors", p))
+    for path in files:
         try:
             if path.suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:
