@@ -471,6 +471,7 @@ PATH_SETTINGS = (
     "train_data_dir",
     "data_dir",
     "pretrained_model_name_or_path",
+    "model_config_name_or_path",
     "resume_from_checkpoint",
     "cache_dir",
 )

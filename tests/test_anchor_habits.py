@@ -143,6 +143,8 @@ def test_model_config_name_or_path_builds_a_fresh_model_of_that_config(tmp_path)
     run = tmp_path / "run"
     main(_argv(run, "--model_config_name_or_path", str(folder / "config.json"), "--resolution", "16"))
     assert UNet2DModel.load_config(run / "unet")["block_out_channels"] == [24, 48]
+    published = _config(run)["args"]["model_config_name_or_path"]
+    assert published == "../config/config.json"  # relative to the run folder: no absolute path is published
     # The config's sample size must fit the data.
     with pytest.raises(ValueError, match="--model_config_name_or_path .* --resolution"):
         main(_argv(tmp_path / "r8", "--model_config_name_or_path", str(folder), "--resolution", "8"))
