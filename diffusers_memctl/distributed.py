@@ -18,6 +18,8 @@ import os
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 __all__ = [
     "CPU_LAUNCH_ADVICE",
@@ -61,8 +63,6 @@ def _has_accelerator_device() -> bool:
 
 def use_cpu() -> bool:
     """Whether this launch's processes run on the CPU: ``ACCELERATE_USE_CPU``, or several processes and no GPU."""
-    from accelerate.utils import parse_flag_from_env
-
     if parse_flag_from_env("ACCELERATE_USE_CPU"):
         return True
     return launched_world_size() > 1 and not _has_accelerator_device()
@@ -78,8 +78,6 @@ def process_state() -> Any:
     Returns:
         `accelerate.PartialState`: The shared state (every call returns the same layout).
     """
-    from accelerate import PartialState
-
     return PartialState(cpu=use_cpu())
 
 
@@ -99,8 +97,6 @@ def check_launch(num_processes: int) -> None:
             f"launched as {world_size} processes (WORLD_SIZE) but accelerate runs {num_processes}, so each would "
             f"train alone; {CPU_LAUNCH_ADVICE}"
         )
-    from accelerate.utils import parse_flag_from_env
-
     # accelerate's simple launcher sets MASTER_ADDR/MASTER_PORT only when asked for more than one process, then
     # starts one process without WORLD_SIZE.
     if world_size == 1 and parse_flag_from_env("ACCELERATE_USE_CPU") and os.environ.get("MASTER_PORT"):
