@@ -761,9 +761,12 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
     if run.accelerator.is_main_process and run.global_step > 0:
         is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
         if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-            _save_preview(
-                run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
-            )
+            try:
+                _save_preview(
+                    run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
+                )
+            except Exception as error:  # a preview is a by-product: it must never cost the training
+                logger.warning("preview of epoch %d skipped (%s: %s)", epoch + 1, type(error).__name__, error)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
             _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
 
