@@ -148,3 +148,14 @@ def test_wheel_builds_without_setuptools_warnings(tmp_path):
     assert "Package would be ignored" not in output
     assert "SetuptoolsDeprecationWarning" not in output
     assert list(tmp_path.glob("diffusers_memctl-*.whl"))
+
+
+def test_tests_without_shared_data_skip_with_one_line_reason(tmp_path):
+    # A clone without ../shared beside it: every test that needs the real files skips and says why, in one line.
+    from conftest import shared_data_dir
+
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        shared_data_dir(tmp_path / "absent")
+    reason = str(skipped.value)
+    assert "../shared/data" in reason and str(tmp_path / "absent") in reason and "\n" not in reason
+    assert shared_data_dir(tmp_path) == tmp_path
