@@ -337,6 +337,7 @@ def render_model_card(
         metric_rows=[(name, _format_value(value)) for name, value in metrics.items()],
         num_samples=metrics_doc.get("num_samples"),
         eval_seed=metrics_doc.get("seed"),
+        sample_check=(metrics_doc.get("sample_check") or {}).get("line"),
         feature_settings=(metrics_doc.get("settings") or {}).get("features"),
         feature_reference=[(k, _format_value(v)) for k, v in (metrics_doc.get("feature_reference") or {}).items()],
         plots=_plots(run_dir),
