@@ -9,7 +9,10 @@ _memctl_extras="${1:-}"
 _memctl_venv="${VIRTUAL_ENV:-${MEMCTL_VENV:-$_memctl_root/.venv}}"
 _memctl_hash="$(cat "$_memctl_root/pyproject.toml" | sha256sum | cut -c1-16)"
 _memctl_stamp="$_memctl_venv/.memctl-$_memctl_hash-${_memctl_extras:-core}"
-_memctl_pip=(python -m pip install --quiet --disable-pip-version-check)
+_memctl_pip() {
+  # pip's notes about this machine's optional local package folders are noise; real errors still stop the script.
+  python -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 if [ -z "${VIRTUAL_ENV:-}" ] && ! ls "$_memctl_venv"/.memctl-"$_memctl_hash"-* >/dev/null 2>&1; then
   rm -rf "$_memctl_venv"
   python3 -m venv "$_memctl_venv"
@@ -17,10 +20,11 @@ fi
 export VIRTUAL_ENV="$_memctl_venv"
 export PATH="$_memctl_venv/bin:$PATH"
 if [ ! -f "$_memctl_stamp" ]; then
-  "${_memctl_pip[@]}" torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
-  "${_memctl_pip[@]}" -e "$_memctl_root${_memctl_extras:+[$_memctl_extras]}"
+  _memctl_pip torch==2.13.0
+  _memctl_pip -e "$_memctl_root${_memctl_extras:+[$_memctl_extras]}"
   touch "$_memctl_stamp"
 else
-  "${_memctl_pip[@]}" --no-deps -e "$_memctl_root"
+  _memctl_pip --no-deps -e "$_memctl_root"
 fi
-unset _memctl_root _memctl_extras _memctl_venv _memctl_hash _memctl_stamp _memctl_pip
+unset _memctl_root _memctl_extras _memctl_venv _memctl_hash _memctl_stamp
+unset -f _memctl_pip
