@@ -12,13 +12,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(2)
 
 # The real ECG5000 and Pokemon files live beside the clone (../shared/data); MEMCTL_SHARED_DATA points elsewhere.
-SHARED_DATA = Path(os.environ.get("MEMCTL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("MEMCTL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 def shared_data_dir(path: Path) -> Path:
     """`path` when it is a folder; otherwise skip the calling test with a one-line reason."""
     if not path.is_dir():
-        pytest.skip(f"needs the real data in ../shared/data (not found at {path}; set MEMCTL_SHARED_DATA to use another)")
+        pytest.skip(
+            f"needs the real data in ../shared/data (not found at {path}; set MEMCTL_SHARED_DATA to use another)"
+        )
     return path
 
 
