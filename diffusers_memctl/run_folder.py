@@ -472,6 +472,8 @@ PATH_SETTINGS = (
     "pretrained_model_name_or_path",
     "resume_from_checkpoint",
     "cache_dir",
+    "feature_cache_dir",
+    "logging_dir",
 )
 
 

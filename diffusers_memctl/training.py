@@ -43,6 +43,7 @@ from .run_folder import (
     list_checkpoints,
     load_state_file,
     publishable_args,
+    publishable_path,
     save_state_file,
     write_json_atomic,
     write_text_atomic,
@@ -263,6 +264,11 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
+    # from_pretrained records where the weights came from; a local source must not reach a published config as an
+    # absolute path (a Hub id stays as it is).
+    source = model.config.get("_name_or_path")
+    if source:
+        model.register_to_config(_name_or_path=publishable_path(str(source), output_dir / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
