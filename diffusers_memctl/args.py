@@ -204,6 +204,9 @@ class HubArguments:
     hub_model_id: str | None = _help("Repository id (user/name).", default=None)
     hub_private_repo: bool = _help("Create the repository as private.", default=False)
     push_checkpoints: bool = _help("Also push every checkpoint save (weights + configs only).", default=False)
+    license: str = _help(
+        "License of the model, an SPDX-style Hub license id written to the card.", default="apache-2.0"
+    )
 
 
 @dataclass

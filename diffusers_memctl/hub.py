@@ -39,6 +39,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
+
 __all__ = [
     "HubPushError",
     "PICKLE_SUFFIXES",
@@ -164,6 +166,12 @@ def _finite_number(value: Any) -> bool:
 def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None]:
     """(human name, model-index dataset type, Hub dataset id or None) of a run's training data."""
     dataset_name = args.get("dataset_name")
+    preset = str(dataset_name).lower() if dataset_name else None
+    if preset in IMAGE_DATASET_PRESETS or preset in SIGNAL_DATASET_PRESETS:
+        # A preset names its Hub dataset (pokemon -> huggan/pokemon); embedded and local presets (digits, ecg5000)
+        # have none, and a preset name must never pass for a Hub dataset id.
+        hub_id = IMAGE_DATASET_PRESETS.get(preset)
+        return (hub_id or str(dataset_name)), (hub_id or "custom"), hub_id
     if _looks_like_hub_id(dataset_name):
         return dataset_name, dataset_name, dataset_name
     if dataset_name:
@@ -289,6 +297,7 @@ def render_model_card(
             "diffusers-memctl",
         ],
         datasets=[dataset_id] if dataset_id else None,
+        license=args.get("license") or "apache-2.0",
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
