@@ -40,6 +40,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
+from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
 
 __all__ = [
     "HubPushError",
@@ -78,6 +79,8 @@ MEMCTL_SAMPLER_KEYS = ("num_train_timesteps", "mu", "sigma", "p_tail")
 #: File suffixes that may hold pickles; never uploaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 _UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
+#: Python files a run folder publishes: the remote code that lets diffusers load a signal pipeline on its own.
+_UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
 _EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
@@ -483,6 +486,16 @@ def write_sweep_card(sweep_dir: str | os.PathLike, **kwargs: Any) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 # Pushes
 # ----------------------------------------------------------------------------------------------------------------
+def _is_remote_code(path: Path) -> bool:
+    """A signal pipeline's remote-code copy, in its place beside the pipeline's `model_index.json`."""
+    for relative in _UPLOAD_CODE:
+        depth = len(PurePosixPath(relative).parts)
+        pipeline_root = path.parents[depth - 1]
+        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / "model_index.json").is_file():
+            return True
+    return False
+
+
 def _walk_uploadable(
     folder: Path, *, include_checkpoints: bool, skip_dirs: frozenset[Path] = frozenset()
 ) -> tuple[list[Path], list[Path]]:
@@ -505,6 +518,8 @@ def _walk_uploadable(
             if suffix in PICKLE_SUFFIXES:
                 refused.append(path)
             elif suffix in _UPLOAD_SUFFIXES and not name.startswith((".", "events.out.tfevents")) and path.is_file():
+                keep.append(path)
+            elif _is_remote_code(path):
                 keep.append(path)
             else:
                 logger.info("not uploading %s (not a weights/config/metrics/plot/report file)", path)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .pipelines import write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -259,7 +260,7 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
 
     plain = DDPMScheduler.from_config({k: v for k, v in scheduler.config.items() if k not in MEMCTL_CONFIG_DEFAULTS})
     if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
+        from .pipelines import DDPM1DPipeline
 
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
@@ -270,6 +271,8 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
     if source:
         model.register_to_config(_name_or_path=publishable_path(str(source), output_dir / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    if modality == "signal":
+        write_remote_code(output_dir)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
