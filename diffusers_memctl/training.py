@@ -34,6 +34,7 @@ from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .distributed import check_launch, process_layout, use_cpu
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .pipelines import write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -46,6 +47,7 @@ from .run_folder import (
     list_checkpoints,
     load_state_file,
     publishable_args,
+    publishable_path,
     save_state_file,
     write_json_atomic,
     write_text_atomic,
@@ -313,12 +315,19 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
 
     plain = DDPMScheduler.from_config({k: v for k, v in scheduler.config.items() if k not in MEMCTL_CONFIG_DEFAULTS})
     if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
+        from .pipelines import DDPM1DPipeline
 
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
+    # from_pretrained records where the weights came from; a local source must not reach a published config as an
+    # absolute path (a Hub id stays as it is).
+    source = model.config.get("_name_or_path")
+    if source:
+        model.register_to_config(_name_or_path=publishable_path(str(source), output_dir / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    if modality == "signal":
+        write_remote_code(output_dir)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
@@ -910,17 +919,20 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
     if run.accelerator.is_main_process and run.global_step > 0:
         is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
         if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-            _save_preview(
-                run.accelerator,
-                run.model,
-                run.ema,
-                run.scheduler,
-                run.data,
-                run.output_dir,
-                epoch,
-                run.options,
-                step=run.global_step,
-            )
+            try:
+                _save_preview(
+                    run.accelerator,
+                    run.model,
+                    run.ema,
+                    run.scheduler,
+                    run.data,
+                    run.output_dir,
+                    epoch,
+                    run.options,
+                    step=run.global_step,
+                )
+            except Exception as error:  # a preview is a by-product: it must never cost the training
+                logger.warning("preview of epoch %d skipped (%s: %s)", epoch + 1, type(error).__name__, error)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
             _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
 

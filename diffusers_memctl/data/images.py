@@ -26,6 +26,8 @@ from datasets.data_files import EmptyDatasetError
 from diffusers.utils import logging
 from PIL import Image as PILImage
 
+from .ucr import SIGNAL_DATASET_PRESETS
+
 logger = logging.get_logger(__name__)
 
 IMAGE_DATASET_PRESETS: dict[str, str | None] = {
@@ -168,7 +170,8 @@ def _load_hub(
         )
         raise ValueError(
             f"Could not load the dataset {name!r}: it is not a local path and loading {repo_id!r} from the Hub "
-            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: {sorted(IMAGE_DATASET_PRESETS)}; "
+            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: "
+            f"{sorted([*IMAGE_DATASET_PRESETS, *SIGNAL_DATASET_PRESETS])}; "
             "otherwise pass a Hub dataset id or an existing local path (imagefolder directory, parquet/arrow "
             "file(s) or a `save_to_disk` folder)."
         ) from error
