@@ -88,6 +88,8 @@ CHECKPOINTS_DIR = "checkpoints"
 #: Files accelerate loads with ``torch.load(weights_only=False)``: arbitrary code runs while they are read.
 UNSAFE_PICKLE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 _STAGING_PREFIX = ".staging-"
+#: Temporary files of atomic writes (``.<name>.tmp-<pid>-<hex>``) and of writers using a fixed ``.<name>.tmp``.
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp(-\d+-[0-9a-f]+)?$")
 #: Written into a staging folder just before :func:`swap_in` starts renaming: its presence means "complete me".
 _SWAP_JOURNAL = ".swap.json"
 #: The key of the run id in training_config.json and metrics.json, and in the card's ``memctl`` metadata.
@@ -142,7 +144,22 @@ def _acquire(folder: Path, *, wait: bool):
         if created:
             _remove_if_empty(folder)
         raise
+    if getattr(lock, "lock_counter", 1) == 1 and not created:
+        _clean_after_dead_writers(folder)
     return lock, created
+
+
+def _clean_after_dead_writers(folder: Path) -> None:
+    """What writers killed in `folder` left: complete journalled swaps, remove temporary files (lock just taken).
+
+    Only this folder's own level: its subfolders may be run folders (sweep cells) that other processes hold.
+    """
+    recover_interrupted_swaps(folder)
+    for stale in folder.glob(".*.tmp*"):
+        if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
+            stale.unlink(missing_ok=True)
+    for partial in (folder / CHECKPOINTS_DIR).glob(".checkpoint-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint whose save was killed: never resumable
 
 
 def _release(folder: Path, lock: Any, created: bool) -> None:
