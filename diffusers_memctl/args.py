@@ -205,6 +205,9 @@ class HubArguments:
     hub_model_id: str | None = _help("Repository id (user/name).", default=None)
     hub_private_repo: bool = _help("Create the repository as private.", default=False)
     push_checkpoints: bool = _help("Also push every checkpoint save (weights + configs only).", default=False)
+    license: str = _help(
+        "License of the model, an SPDX-style Hub license id written to the card.", default="apache-2.0"
+    )
 
 
 @dataclass
@@ -390,7 +393,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as err:
-            raise ValueError(f"reading {path} needs PyYAML (pip install pyyaml), or use a JSON config") from err
+            raise ValueError(
+                f"reading {path} needs PyYAML: pip install 'diffusers-memctl[yaml]', or use a JSON config"
+            ) from err
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:

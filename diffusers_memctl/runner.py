@@ -7,7 +7,9 @@ every setting is checked before any data is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,26 @@ from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
 
-__all__ = ["evaluate_options", "run_training_job"]
+__all__ = ["AfterTrainingError", "evaluate_options", "run_training_job"]
 
 logger = logging.getLogger(__name__)
+
+
+class AfterTrainingError(RuntimeError):
+    """A step after training (evaluation, model card, push) failed; the trained pipeline is saved and kept."""
+
+
+@contextlib.contextmanager
+def _after_training(step: str, output_dir: Path, rerun: str) -> Iterator[None]:
+    """Turn a failure of `step` into one line that says the model is safe and how to rerun only that step."""
+    try:
+        yield
+    except Exception as error:
+        reason = " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
+        raise AfterTrainingError(
+            f"training finished and the pipeline is saved in {output_dir}, but the {step} failed "
+            f"({type(error).__name__}: {reason}); rerun just that step: {rerun}"
+        ) from error
 
 
 def evaluate_options(options: TrainingOptions, *, progress: bool = True, training_data: Any = None) -> dict[str, Any]:
@@ -86,24 +105,29 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
+    """Evaluate, write the card, push: each after the pipeline is saved, each failing with its own rerun line."""
     from .hub import write_model_card
 
     output_dir = Path(options.training.output_dir)
+    # The same command again resumes the finished run: it redoes only the missing evaluation, card and push.
+    again = f"the same command with --resume_from_checkpoint latest (the run folder {output_dir} is complete)"
     report = None
     evaluated = (output_dir / "metrics.json").is_file()
     if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
-        report = evaluate_options(options, progress=progress, training_data=data)
-    if result.already_finished and evaluated:
+        with _after_training("evaluation", output_dir, f"memctl-evaluate {output_dir}"):
+            report = evaluate_options(options, progress=progress, training_data=data)
+    if result.already_finished and evaluated and (output_dir / "README.md").is_file():
         if options.hub.push_to_hub:
             # A finished run (e.g. after a push that failed offline) is pushed as it is: nothing is trained again.
             logger.info("%s holds a finished, evaluated run: pushing it as it is", output_dir)
-            if not (output_dir / "README.md").is_file():
-                write_model_card(output_dir, repo_id=options.hub.hub_model_id)
-            _push(options)
+            with _after_training("push to the Hub", output_dir, again):
+                _push(options)
         return None
-    write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
+    with _after_training("model card", output_dir, again):
+        write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
     if options.hub.push_to_hub:
-        _push(options)
+        with _after_training("push to the Hub", output_dir, again):
+            _push(options)
     return report
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .pipelines import REMOTE_PIPELINE_FILE, write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -44,6 +45,7 @@ from .run_folder import (
     load_state_file,
     new_run_id,
     publishable_args,
+    publishable_path,
     read_jsonl,
     recover_interrupted_swaps,
     save_state_file,
@@ -253,23 +255,37 @@ def build_scheduler(
     return MemCtlDDPMScheduler(**settings, **sampling)
 
 
-def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output_dir: Path, modality: str) -> None:
+def save_pipeline(
+    model: torch.nn.Module,
+    scheduler: MemCtlDDPMScheduler,
+    output_dir: Path,
+    modality: str,
+    published_dir: Path | None = None,
+) -> None:
     """Save a pipeline that plain diffusers loads: `DDPMPipeline` (images) or `DDPM1DPipeline` (signals).
 
     The scheduler is written as a plain `DDPMScheduler` (so `model_index.json` names only diffusers classes); the
     memctl keys stay in `scheduler_config.json`, where plain diffusers ignores them and `MemCtlDDPMScheduler`
-    restores them.
+    restores them. `published_dir` is the run folder the files end up in when `output_dir` is a staging folder
+    inside it (local paths in configs are relative to it).
     """
     from diffusers import DDPMPipeline, DDPMScheduler
 
     plain = DDPMScheduler.from_config({k: v for k, v in scheduler.config.items() if k not in MEMCTL_CONFIG_DEFAULTS})
     if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
+        from .pipelines import DDPM1DPipeline
 
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
+    # from_pretrained records where the weights came from; a local source must not reach a published config as an
+    # absolute path (a Hub id stays as it is).
+    source = model.config.get("_name_or_path")
+    if source:
+        model.register_to_config(_name_or_path=publishable_path(str(source), (published_dir or output_dir) / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    if modality == "signal":
+        write_remote_code(output_dir)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
@@ -807,9 +823,12 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
     if run.accelerator.is_main_process and run.global_step > 0:
         is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
         if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-            _save_preview(
-                run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
-            )
+            try:
+                _save_preview(
+                    run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
+                )
+            except Exception as error:  # a preview is a by-product: it must never cost the training
+                logger.warning("preview of epoch %d skipped (%s: %s)", epoch + 1, type(error).__name__, error)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
             _save_final(
                 run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality, run.run_id
@@ -994,7 +1013,7 @@ def _unwrapped_with_ema(accelerator: Any, model: torch.nn.Module, ema: Any):
 
 
 #: The files of a saved pipeline, replaced as one group (model_index.json last: loaders look for it first).
-PIPELINE_FILES = ("unet", "scheduler", "model_index.json")
+PIPELINE_FILES = ("unet", "scheduler", REMOTE_PIPELINE_FILE, "model_index.json")
 
 
 def _save_final(
@@ -1011,7 +1030,7 @@ def _save_final(
         if next(unwrapped.parameters()).is_contiguous(memory_format=torch.contiguous_format) is False:
             unwrapped = unwrapped.to(memory_format=torch.contiguous_format)
         with disk_full_guard(output_dir / "unet", "pipeline (model_index.json, unet/, scheduler/)", kept=kept):
-            save_pipeline(unwrapped, scheduler, staging, modality)
+            save_pipeline(unwrapped, scheduler, staging, modality, published_dir=output_dir)
             if run_id:
                 stamp_weights_run_id(staging / "unet", run_id)
         swap_in(staging, output_dir, PIPELINE_FILES, last="model_index.json")

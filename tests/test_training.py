@@ -356,7 +356,8 @@ def test_ecg5000_signals_train_reload_and_generate(shared_data, tmp_path):
     assert config["modality"] == "signal" and config["data"]["sample_shape"] == [1, 140]
     _assert_history(run, 3, 16)
 
-    pipeline = DDPM1DPipeline.from_pretrained(run)
+    # A run folder carries its UNet as remote code (it loads with diffusers alone): loading it is an explicit opt-in.
+    pipeline = DDPM1DPipeline.from_pretrained(run, trust_remote_code=True)
     pipeline.set_progress_bar_config(disable=True)
     signals = pipeline(batch_size=3, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).signals
     assert signals.shape == (3, 1, 140)

@@ -27,6 +27,7 @@ from diffusers.utils import logging
 from PIL import Image as PILImage
 
 from ..resources import check_fits_in_memory
+from .ucr import SIGNAL_DATASET_PRESETS
 
 logger = logging.get_logger(__name__)
 
@@ -155,7 +156,8 @@ def _load_hub(repo_id: str, name: str, split: str, cache_dir: str | None) -> dat
         )
         raise ValueError(
             f"Could not load the dataset {name!r}: it is not a local path and loading {repo_id!r} from the Hub "
-            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: {sorted(IMAGE_DATASET_PRESETS)}; "
+            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: "
+            f"{sorted([*IMAGE_DATASET_PRESETS, *SIGNAL_DATASET_PRESETS])}; "
             "otherwise pass a Hub dataset id or an existing local path (imagefolder directory, parquet/arrow "
             "file(s) or a `save_to_disk` folder)."
         ) from error
