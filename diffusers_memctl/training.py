@@ -948,10 +948,12 @@ def _kept_checkpoint_note(run: _Run) -> str:
         return f"no checkpoint was written (none in {run.output_dir / CHECKPOINTS_DIR})"
     step = int(latest.name.split("-")[1])
     if step == run.global_step:
-        # Its weights are those that just gave the non-finite loss: resuming from it fails the same way.
+        # Its weights are those this loss was computed with: if they diverged, resuming from it fails the same way.
         earlier = list_checkpoints(run.output_dir)[:-1]
-        return f"{latest} holds the weights that gave this loss (resuming from it diverges again); " + (
-            f"the one before is {earlier[-1]}" if earlier else "there is no earlier checkpoint"
+        before = f"the one before is {earlier[-1]}" if earlier else "there is no earlier checkpoint"
+        return (
+            f"{latest} is kept but holds the weights this loss was computed with (if they diverged, resuming from "
+            f"it diverges again); {before}"
         )
     return f"the last checkpoint {latest} (step {step}) is kept"
 
