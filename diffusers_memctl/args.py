@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -464,6 +465,28 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return values
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors take at most three lines: a short usage, the error, a "did you mean" hint.
+
+    argparse's own error prints the whole usage (over 70 lines for the training flags) before the one line that
+    matters; ``--help`` still prints it all.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            unknown = [token.split("=")[0] for token in message.split(":", 1)[1].split() if token.startswith("-")]
+            hint = "".join(closest_names(token, options) for token in unknown[:1])
+        self.exit(2, f"usage: {self.prog} [--help] [--config FILE] [options]\n{self.prog}: error: {message}{hint}\n")
+
+
+def closest_names(name: str, candidates: typing.Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the candidate closest to `name`, or an empty string when none is close."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 def parse_arguments(
     group_types: list[type],
     argv: list[str] | None = None,
@@ -482,7 +505,10 @@ def parse_arguments(
     Returns:
         `tuple[list, argparse.Namespace]`: One instance per dataclass, and the namespace of the extra arguments.
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # No prefix matching: `--num_epoch 5` must not pass for `--num_epochs` (argparse's default allow_abbrev=True).
+    parser = _ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--config", default=None, help="JSON/YAML file of settings (flags override it).")
     parser.add_argument(
         "--debug", action="store_true", help="Show the full traceback of an error (or set MEMCTL_DEBUG=1)."
@@ -504,7 +530,7 @@ def parse_arguments(
     values = _resolve_config_aliases(values, flag_aliases(group_types), namespace.config, parser)
     unknown = sorted(set(values) - set(owners))
     if unknown:
-        parser.error(f"unknown settings {unknown} in --config {namespace.config}")
+        parser.error(f"unknown settings {unknown} in --config {namespace.config}{closest_names(unknown[0], owners)}")
     # File values go through the flags' own conversion and choices: PyYAML reads `1e-4` as the string '1e-4', and a
     # string "false" must not count as true.
     for key, value in values.items():

@@ -21,7 +21,10 @@ import torch
 
 from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 from .run_folder import (
+    check_run_ids,
     disk_full_guard,
+    read_jsonl,
+    recover_interrupted_swaps,
     resolve_published_args,
     run_lock,
     staging_folder,
@@ -243,6 +246,10 @@ def evaluate_run(
         raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
     run_path = _resolve_run_dir(run_dir)
     with run_lock(run_path, flag="run folder"):
+        # A report whose swap a kill interrupted is completed first: its metrics.json is never lost.
+        recover_interrupted_swaps(run_path)
+        # Old weights beside a new config (an interrupted --overwrite_output_dir) must not be measured as the new run.
+        run_id = check_run_ids(run_path, ("unet",), action="evaluate")
         report, generated, training, modality, features = _generate_and_measure(
             run_path,
             num_samples=num_samples,
@@ -262,6 +269,8 @@ def evaluate_run(
             sampler=sampler,
             mixed_precision=mixed_precision,
         )
+        if run_id is not None:
+            report = {"schema_version": report["schema_version"], "run_id": run_id, **report}
         _publish_report(
             run_path,
             report,
@@ -380,6 +389,8 @@ def _generate_and_measure(
             f"generated samples have shape {tuple(generated.shape[1:])} but the training data {tuple(training.shape[1:])}"
         )
 
+    requested_components = pca_components
+    pca_components = _usable_pca_components(pca_components, training)
     tic = time.perf_counter()
     metric_device = device if device.type == "cuda" else None
     metrics = compute_metrics(
@@ -422,6 +433,7 @@ def _generate_and_measure(
             "mixed_precision": mixed_precision,
             "batch_size": batch_size,
             "pca_components": pca_components,
+            "pca_components_requested": requested_components,
             "pca_fit_on": pca_fit_on,
             "js_bins": js_bins,
             "memorization_threshold": memorization_threshold,
@@ -443,6 +455,19 @@ def _generate_and_measure(
         report["settings"]["features"] = features.settings
         report["feature_reference"] = features.reference
     return report, generated, training, modality, features
+
+
+def _usable_pca_components(requested: int, training: torch.Tensor) -> int:
+    """At most M - 1 components for M training samples (and at most D): a tiny training set still gets its report."""
+    usable = max(1, min(requested, training.shape[0] - 1, int(np.prod(training.shape[1:]))))
+    if usable < requested:
+        logger.warning(
+            "%d training samples: the PCA distances use %d component(s) instead of --pca_components %d",
+            training.shape[0],
+            usable,
+            requested,
+        )
+    return usable
 
 
 #: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.
@@ -515,7 +540,10 @@ def write_evaluation_plots(
 
     plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
     written = []
-    gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=pca_fit_on)
+    # A PCA fitted on M training samples has M - 1 components: with fewer than 3, the scatter's two axes are fitted
+    # on training and generated samples together.
+    scatter_fit_on = pca_fit_on if training.shape[0] >= 3 else "both"
+    gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=scatter_fit_on)
     written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))
     distances, indices = nearest_neighbors(generated, training, k=2)
     distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
@@ -538,7 +566,7 @@ def write_evaluation_plots(
         )
     history = run_dir / "loss_history.jsonl"
     if history.is_file():
-        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        records = read_jsonl(history)  # tolerates a partial last line
         if records:
             written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
     return written

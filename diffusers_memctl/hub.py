@@ -42,6 +42,7 @@ from huggingface_hub.utils import validate_repo_id
 from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
 from .distributed import describe_extensions, describe_layout
 from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
+from .run_folder import RUN_ID_KEY, check_run_ids
 
 __all__ = [
     "HubPushError",
@@ -305,7 +306,10 @@ def render_model_card(
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
-        memctl=_memctl_metadata(args, sampler),
+        memctl={
+            **_memctl_metadata(args, sampler),
+            **({RUN_ID_KEY: config[RUN_ID_KEY]} if config.get(RUN_ID_KEY) else {}),
+        },
     )
 
     # Without a repository, the folder's own name: a card must not publish an absolute local path.
@@ -349,6 +353,7 @@ def render_model_card(
         sampler_rows=sampler_rows,
         settings_rows=settings_rows,
         versions_text=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        run_id=config.get(RUN_ID_KEY),
         metric_rows=[(name, _format_value(value)) for name, value in metrics.items()],
         num_samples=metrics_doc.get("num_samples"),
         eval_seed=metrics_doc.get("seed"),
@@ -376,6 +381,8 @@ def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
     Returns:
         `Path`: The written `README.md`.
     """
+    # The card shows the config's settings beside the metrics: both must be of one run.
+    check_run_ids(run_dir, ("unet", "metrics.json"), action="write the model card of")
     card = render_model_card(run_dir, **kwargs)
     return _write_atomic(Path(run_dir) / "README.md", str(card))
 
@@ -723,6 +730,7 @@ def push_to_hub(
             write_model_card(folder, repo_id=repo_id, subfolder=path_in_repo.strip("/") or None)
         else:
             logger.warning("no README.md and no training_config.json in %s: pushing without a model card", folder)
+    check_run_ids(folder, action="push")
     operations = plan_hub_commit(folder, path_in_repo=path_in_repo, include_checkpoints=include_checkpoints)
     options = {
         "private": private,
@@ -786,6 +794,7 @@ def push_sweep_to_hub(
         subfolder = cell.relative_to(sweep_dir).as_posix()
         if not (cell / "README.md").is_file() and (cell / "training_config.json").is_file():
             write_model_card(cell, repo_id=repo_id, subfolder=subfolder)
+        check_run_ids(cell, action="push")
         operations += plan_hub_commit(cell, path_in_repo=subfolder, include_checkpoints=include_checkpoints)
     if not (sweep_dir / "README.md").is_file():
         write_sweep_card(sweep_dir, repo_id=repo_id)

@@ -13,6 +13,11 @@ Training, evaluation and sweeps all write into run folders; this module is the o
 - **Disk full.** :func:`disk_full_guard` turns an out-of-space failure (``ENOSPC``, ``EDQUOT``, or PyTorch's
   ``unexpected pos`` of a short write) into :class:`DiskFullError`, whose message says "no space left on device" and
   names the path.
+- **One run per folder.** Every run gets a run id (:func:`new_run_id`) written into ``training_config.json``, the
+  saved weights' safetensors metadata, ``metrics.json`` and the card; :func:`check_run_ids` refuses a folder whose
+  parts disagree (e.g. old weights beside a new config after an interrupted ``--overwrite_output_dir``).
+- **Partial lines.** :func:`read_jsonl` reads JSON-lines files (loss history, metrics history) whose last line a kill
+  or a full disk cut short: that line is dropped (and, with ``repair``, removed from the file).
 - **No pickle on resume.** Checkpoint state that accelerate would pickle (EMA weights, sampler state) is saved with
   :func:`save_state_file` as safetensors (tensors) plus JSON metadata (scalars). :func:`check_checkpoint_pickles`
   refuses a checkpoint holding ``custom_checkpoint_*.pkl`` files (which accelerate unpickles with
@@ -28,7 +33,9 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,15 +46,26 @@ import torch
 __all__ = [
     "CHECKPOINTS_DIR",
     "LOCK_NAME",
+    "RUN_ID_KEY",
     "CheckpointError",
     "DiskFullError",
     "RunFolderBusyError",
+    "RunFolderMismatchError",
     "UnsafeCheckpointError",
     "apply_umask",
+    "card_run_id",
     "check_checkpoint_pickles",
+    "check_run_ids",
     "disk_full_guard",
     "list_checkpoints",
     "find_unreadable_file",
+    "missing_checkpoint_files",
+    "new_run_id",
+    "read_jsonl",
+    "recover_interrupted_swaps",
+    "run_ids",
+    "stamp_weights_run_id",
+    "weights_run_id",
     "launch_lock",
     "load_state_file",
     "publishable_args",
@@ -71,6 +89,14 @@ CHECKPOINTS_DIR = "checkpoints"
 #: Files accelerate loads with ``torch.load(weights_only=False)``: arbitrary code runs while they are read.
 UNSAFE_PICKLE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 _STAGING_PREFIX = ".staging-"
+#: Temporary files of atomic writes (``.<name>.tmp-<pid>-<hex>``) and of writers using a fixed ``.<name>.tmp``.
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp(-\d+-[0-9a-f]+)?$")
+#: Written into a staging folder just before :func:`swap_in` starts renaming: its presence means "complete me".
+_SWAP_JOURNAL = ".swap.json"
+#: The key of the run id in training_config.json and metrics.json, and in the card's ``memctl`` metadata.
+RUN_ID_KEY = "run_id"
+#: The key of the run id in the safetensors metadata of the saved weights.
+WEIGHTS_RUN_ID_KEY = "memctl_run_id"
 
 
 class RunFolderBusyError(RuntimeError):
@@ -89,6 +115,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read (truncated, corrupt, or from another version); names the file and the fallback."""
 
 
+class RunFolderMismatchError(ValueError):
+    """The parts of a run folder (config, weights, metrics, card) carry different run ids: they are not one run."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Locks
 # --------------------------------------------------------------------------------------------------------------
@@ -105,6 +135,8 @@ def _lock(folder: Path):
 def _acquire(folder: Path, *, wait: bool):
     """Acquire the lock of `folder` (created when missing); returns ``(lock, created)`` or raises `Timeout`."""
     created = not folder.exists()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} exists and is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
     try:
@@ -113,7 +145,22 @@ def _acquire(folder: Path, *, wait: bool):
         if created:
             _remove_if_empty(folder)
         raise
+    if getattr(lock, "lock_counter", 1) == 1 and not created:
+        _clean_after_dead_writers(folder)
     return lock, created
+
+
+def _clean_after_dead_writers(folder: Path) -> None:
+    """What writers killed in `folder` left: complete journalled swaps, remove temporary files (lock just taken).
+
+    Only this folder's own level: its subfolders may be run folders (sweep cells) that other processes hold.
+    """
+    recover_interrupted_swaps(folder)
+    for stale in folder.glob(".*.tmp*"):
+        if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
+            stale.unlink(missing_ok=True)
+    for partial in (folder / CHECKPOINTS_DIR).glob(".checkpoint-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)  # a checkpoint whose save was killed: never resumable
 
 
 def _release(folder: Path, lock: Any, created: bool) -> None:
@@ -158,6 +205,10 @@ def run_lock(folder: str | os.PathLike, *, wait: bool = False, flag: str = "--ou
         lock, created = _acquire(folder, wait=wait)
     except Timeout:
         raise RunFolderBusyError(_busy_message(folder, flag)) from None
+    except NotADirectoryError:
+        raise NotADirectoryError(
+            f"{flag} {folder} exists and is a file, not a folder; choose another {flag}"
+        ) from None
     try:
         yield
     finally:
@@ -266,7 +317,7 @@ def disk_full_guard(path: str | os.PathLike, what: str, *, kept: str = "") -> It
         yield
     except DiskFullError:
         raise
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # safetensors' SafetensorError is neither an OSError nor a RuntimeError
         if not _is_disk_full(error):
             raise
         message = f"no space left on device while writing the {what} {path}"
@@ -325,14 +376,38 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 
 def staging_folder(folder: str | os.PathLike, kind: str) -> Path:
-    """A fresh hidden folder inside `folder` in which to build files before [`swap_in`] (removes stale ones)."""
+    """A fresh hidden folder inside `folder` in which to build files before [`swap_in`].
+
+    Staging folders left by a process that died are dealt with first (:func:`recover_interrupted_swaps`): one whose
+    swap had begun is completed, any other is removed (its files never reached the run folder).
+    """
     folder = Path(folder)
-    for stale in folder.glob(f"{_STAGING_PREFIX}{kind}-*"):
-        # The caller holds the folder's lock, so any staging folder left here belongs to a process that died.
-        shutil.rmtree(stale, ignore_errors=True)
+    recover_interrupted_swaps(folder, kind)
     path = folder / f"{_STAGING_PREFIX}{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
+
+
+def recover_interrupted_swaps(folder: str | os.PathLike, kind: str = "*") -> list[Path]:
+    """Finish or discard the staging folders of `folder` left by a process that died (the caller holds the lock).
+
+    A staging folder holding a swap journal was killed inside [`swap_in`]: every file of the new group was complete,
+    so the swap is completed (the file taken out first, e.g. ``metrics.json``, is then the new one: it is never left
+    missing). A staging folder without a journal died before its swap began: the run folder still holds the whole
+    previous group, and the staging folder is removed.
+
+    Returns:
+        `list[Path]`: The staging folders whose swap was completed.
+    """
+    folder = Path(folder)
+    completed = []
+    for stale in sorted(folder.glob(f"{_STAGING_PREFIX}{kind}-*")):
+        if (stale / _SWAP_JOURNAL).is_file():
+            logger.warning("completing the swap of %s into %s, interrupted by a process that died", stale.name, folder)
+            _complete_swap(stale, folder)
+            completed.append(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    return completed
 
 
 def swap_in(staging: Path, folder: Path, names: Iterable[str], *, last: str | None = None) -> None:
@@ -340,23 +415,213 @@ def swap_in(staging: Path, folder: Path, names: Iterable[str], *, last: str | No
 
     Names missing from `staging` are removed from `folder` (a file of an older report must not pass for the new
     one's). `last` is taken out first and put in last, so a reader that trusts `last` (e.g. ``metrics.json``) never
-    sees it beside a half-swapped group. Only renames happen here: they need no free space.
+    sees it beside a half-swapped group. Only renames happen here: they need no free space. A journal written before
+    the first rename lets :func:`recover_interrupted_swaps` complete a swap that a kill interrupted.
     """
     names = [n for n in names if n != last] + ([last] if last else [])
+    journal = {"names": names, "last": last, "staged": [n for n in names if (staging / n).exists()]}
+    write_json_atomic(staging / _SWAP_JOURNAL, journal)
+    _complete_swap(staging, folder)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _set_aside(path: Path, old: Path, name: str) -> None:
+    """Move `path` to ``old/name`` (replacing what an interrupted attempt put there)."""
+    aside = old / name
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    if aside.is_dir():
+        shutil.rmtree(aside)
+    os.replace(path, aside)
+
+
+def _complete_swap(staging: Path, folder: Path) -> None:
+    """Do (or finish) the renames of the swap journalled in `staging`; every step can be repeated after a kill."""
+    journal = json.loads((staging / _SWAP_JOURNAL).read_text())
+    names, last, staged = journal["names"], journal["last"], set(journal["staged"])
     old = staging / ".old"
     old.mkdir(exist_ok=True)
-    if last and (folder / last).exists():
-        (old / last).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(folder / last, old / last)
+    # `last` leaves first, but only while its new version is still staged (after that, folder/last is the new one).
+    if last and (folder / last).exists() and (last not in staged or (staging / last).exists()):
+        _set_aside(folder / last, old, last)
     for name in names:
+        if name == last:
+            continue
         target, source = folder / name, staging / name
-        if target.exists() and not (name == last):
-            (old / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, old / name)
-        if source.exists():
+        if name not in staged:
+            if target.exists():
+                _set_aside(target, old, name)
+        elif source.exists():  # not yet moved in (else an earlier attempt did it)
+            if target.exists():
+                _set_aside(target, old, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-    shutil.rmtree(staging, ignore_errors=True)
+    if last and (staging / last).exists():
+        (folder / last).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / last, folder / last)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON-lines files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file whose last line may have been cut short.
+
+    An append cut by a kill or a full disk leaves an unterminated last line (``{"step": 21, "epo``): it is dropped,
+    and with `repair` removed from the file (atomically), so that the next append starts on a line of its own. A
+    missing file has no records. Any other bad line is an error naming the file and the line.
+
+    Args:
+        path (`str` or `os.PathLike`): The file (e.g. ``loss_history.jsonl``, ``metrics_history.jsonl``).
+        repair (`bool`, defaults to `False`): Rewrite the file without its partial last line (the caller holds the
+            run folder's lock).
+
+    Returns:
+        `list[dict]`: One record per complete line.
+
+    Raises:
+        `ValueError`: A line other than an unterminated last one is not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{path} line {number} is not JSON ({error}); the file is corrupt") from None
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))
+            fixed = data + b"\n"  # a whole record whose newline was cut: keep it, end it
+        except ValueError:
+            logger.warning(
+                "%s ends in a partial line (%d bytes, cut by a kill or a full disk): dropped", path, len(tail)
+            )
+            fixed = data[: len(data) - len(tail)]
+        if repair:
+            write_bytes_atomic(path, lambda handle: handle.write(fixed))
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run ids: one run per folder
+# --------------------------------------------------------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC time of the start and 12 random hex digits (sorts by time, unique in practice)."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+def _weights_files(unet_dir: Path) -> list[Path]:
+    return sorted(unet_dir.glob("*.safetensors")) if unet_dir.is_dir() else []
+
+
+def weights_run_id(unet_dir: str | os.PathLike) -> str | None:
+    """The run id in the safetensors metadata of the weights in `unet_dir` (``None`` when absent or unreadable)."""
+    from safetensors import safe_open
+
+    files = _weights_files(Path(unet_dir))
+    if not files:
+        return None
+    try:
+        with safe_open(str(files[0]), framework="pt") as handle:
+            return (handle.metadata() or {}).get(WEIGHTS_RUN_ID_KEY)
+    except Exception:  # an unreadable file carries no id; loading it fails later with its own message
+        return None
+
+
+def stamp_weights_run_id(unet_dir: str | os.PathLike, run_id: str) -> None:
+    """Write `run_id` into the safetensors metadata of every weights file in `unet_dir` (rewritten atomically).
+
+    diffusers' ``save_pretrained`` offers no metadata hook; the files are rewritten in place, keeping their mode.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    for path in _weights_files(Path(unet_dir)):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata[WEIGHTS_RUN_ID_KEY] = run_id
+        payload = save(tensors, metadata=metadata)
+        mode = path.stat().st_mode & 0o777
+        write_bytes_atomic(path, lambda handle, payload=payload: handle.write(payload))
+        os.chmod(path, mode)
+
+
+def card_run_id(card_path: str | os.PathLike) -> str | None:
+    """The run id in the ``memctl`` metadata of a model card (``README.md``), ``None`` when it has none."""
+    from huggingface_hub import metadata_load
+
+    try:
+        metadata = metadata_load(Path(card_path)) or {}
+    except Exception:  # a hand-written or broken card carries no id
+        return None
+    memctl = metadata.get("memctl") or {}
+    return memctl.get(RUN_ID_KEY) if isinstance(memctl, dict) else None
+
+
+def _json_run_id(path: Path) -> str | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get(RUN_ID_KEY) if isinstance(value, dict) else None
+
+
+#: The parts of a run folder that carry the run id, by the name used in messages.
+RUN_ID_PARTS = ("training_config.json", "unet", "metrics.json", "README.md")
+
+
+def run_ids(folder: str | os.PathLike, parts: Iterable[str] = RUN_ID_PARTS) -> dict[str, str | None]:
+    """The run id of each present part of a run folder (``None`` for a part that carries none)."""
+    folder = Path(folder)
+    found: dict[str, str | None] = {}
+    for part in parts:
+        path = folder / part
+        if part == "unet":
+            if _weights_files(path):
+                found["unet"] = weights_run_id(path)
+        elif path.is_file():
+            found[part] = card_run_id(path) if part == "README.md" else _json_run_id(path)
+    return found
+
+
+def check_run_ids(folder: str | os.PathLike, parts: Iterable[str] = RUN_ID_PARTS, *, action: str) -> str | None:
+    """Refuse a run folder whose present parts carry different run ids; return the run id (``None``: no id).
+
+    A folder whose ``training_config.json`` has no run id was written before run ids existed and is accepted as is.
+
+    Args:
+        folder (`str` or `os.PathLike`): The run folder.
+        parts (`Iterable[str]`): Parts to compare with the config (``"unet"``, ``"metrics.json"``, ``"README.md"``).
+        action (`str`): What is refused, for the message (e.g. ``"evaluate"``).
+
+    Raises:
+        [`RunFolderMismatchError`]: A part's run id differs from the config's (or is missing).
+    """
+    folder = Path(folder)
+    ids = run_ids(folder, ["training_config.json", *parts])
+    expected = ids.get("training_config.json")
+    if expected is None:
+        return None
+    bad = {part: value for part, value in ids.items() if value != expected}
+    if bad:
+        which = ", ".join(f"{part} has {value or 'none'}" for part, value in bad.items())
+        raise RunFolderMismatchError(
+            f"cannot {action} {folder}: its parts come from different runs (training_config.json has run id "
+            f"{expected}, {which}); an interrupted --overwrite_output_dir leaves this. Train it again with "
+            "--overwrite_output_dir"
+        )
+    return expected
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,8 +693,18 @@ def load_state_file(path: str | os.PathLike, device: str | torch.device = "cpu")
     return state
 
 
+def missing_checkpoint_files(checkpoint: Path, names: Iterable[str]) -> list[Path]:
+    """The files of `names` that `checkpoint` lacks."""
+    return [checkpoint / name for name in names if not (checkpoint / name).is_file()]
+
+
 def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
-    """The first file of `checkpoint` that cannot be read safely, with the reason (``None`` when all read)."""
+    """The first file of `checkpoint` that is truncated or corrupt, with the reason (``None`` when all are whole).
+
+    Safetensors files are read in full; PyTorch files (``.bin``, ``.pkl``, ``.pt``: zip archives) have their
+    archive checked (every member's CRC) without being unpickled, so that a file that is whole but holds objects a
+    ``weights_only`` load refuses (accelerate's ``random_states_0.pkl``) is not blamed.
+    """
     from safetensors import safe_open
 
     # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
@@ -441,7 +716,13 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
                     for key in handle.keys():
                         handle.get_tensor(key)
             elif path.suffix in (".bin", ".pkl", ".pt") and not UNSAFE_PICKLE_PATTERN.match(path.name):
-                torch.load(path, map_location="cpu", weights_only=True)
+                if zipfile.is_zipfile(path):
+                    with zipfile.ZipFile(path) as archive:
+                        broken = archive.testzip()
+                    if broken is not None:
+                        raise ValueError(f"member {broken} fails its CRC check")
+                else:
+                    torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # any failure to read is the answer
             return path, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return None

@@ -99,7 +99,17 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
             result = train(options, data=data)
         if not state.is_main_process:
             return result, None
-        return result, _report_and_publish(options, result, data, progress)
+        try:
+            return result, _report_and_publish(options, result, data, progress)
+        except Exception as error:
+            if options.hub.push_to_hub:
+                # The error says what failed; this says that nothing reached the Hub and how to push later.
+                logger.warning(
+                    "nothing was pushed (%s); once that is fixed, push the run with: %s",
+                    type(error).__name__,
+                    push_command(options),
+                )
+            raise
 
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
@@ -115,20 +125,39 @@ def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any
         with _after_training("evaluation", output_dir, f"memctl-evaluate {output_dir}"):
             report = evaluate_options(options, progress=progress, training_data=data)
     if result.already_finished and evaluated and (output_dir / "README.md").is_file():
+        if options.hub.push_to_hub:
+            # A finished run (e.g. after a push that failed offline) is pushed as it is: nothing is trained again.
+            logger.info("%s holds a finished, evaluated run: pushing it as it is", output_dir)
+            with _after_training("push to the Hub", output_dir, again):
+                _push(options)
         return None
     with _after_training("model card", output_dir, again):
         write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
     if options.hub.push_to_hub:
-        from .hub import push_to_hub
-
-        if not options.hub.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
         with _after_training("push to the Hub", output_dir, again):
-            url = push_to_hub(
-                options.training.output_dir,
-                options.hub.hub_model_id,
-                private=options.hub.hub_private_repo,
-                include_checkpoints=options.hub.push_checkpoints,
-            )
-        logger.info("pushed %s to %s", options.training.output_dir, url)
+            _push(options)
     return report
+
+
+def push_command(options: TrainingOptions) -> str:
+    """The command that pushes the run folder of `options` as it is (said when a push does not happen)."""
+    hub = options.hub
+    command = (
+        f"memctl-train --output_dir {options.training.output_dir} --resume_from_checkpoint latest --push_to_hub "
+        f"--hub_model_id {hub.hub_model_id or 'USER/NAME'}"
+    )
+    return command + (" --hub_private_repo" if hub.hub_private_repo else "")
+
+
+def _push(options: TrainingOptions) -> None:
+    from .hub import push_to_hub
+
+    if not options.hub.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
+    url = push_to_hub(
+        options.training.output_dir,
+        options.hub.hub_model_id,
+        private=options.hub.hub_private_repo,
+        include_checkpoints=options.hub.push_checkpoints,
+    )
+    logger.info("pushed %s to %s", options.training.output_dir, url)

@@ -36,8 +36,11 @@ from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
 from .methods import STUDY_METHODS, apply_method, resolve_method
 from .run_folder import (
+    RunFolderMismatchError,
+    check_run_ids,
     publishable_args,
     publishable_path,
+    read_jsonl,
     resolve_published_args,
     run_lock,
     try_run_lock,
@@ -208,14 +211,27 @@ def shard_cells(
 
 
 def is_run_evaluated(run_dir: str | Path) -> bool:
-    """Whether a run folder holds a valid metric report (the sweep's "finished" test)."""
+    """Whether a run folder holds a valid metric report of its own run (the sweep's "finished" test).
+
+    The report must carry the run id of the folder's config and weights: a ``metrics.json`` left beside another
+    run's config (an interrupted overwrite) does not make a cell finished.
+    """
     path = Path(run_dir) / "metrics.json"
+    if not (Path(run_dir) / "training_config.json").is_file():
+        return False  # a report without its run's config belongs to a run whose overwrite was interrupted
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     metrics = report.get("metrics")
-    return isinstance(metrics, dict) and bool(metrics) and report.get("schema_version") is not None
+    if not (isinstance(metrics, dict) and bool(metrics) and report.get("schema_version") is not None):
+        return False
+    try:
+        check_run_ids(run_dir, ("unet", "metrics.json"), action="count as finished")
+    except RunFolderMismatchError as error:
+        logger.warning("%s", error)
+        return False
+    return True
 
 
 def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[str, Any]:
@@ -416,7 +432,7 @@ def _final_loss(run_dir: Path, tail_fraction: float = 0.1) -> float | None:
     path = run_dir / "loss_history.jsonl"
     if not path.is_file():
         return None
-    losses = [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
+    losses = [record["loss"] for record in read_jsonl(path)]  # a partial last line is dropped
     if not losses:
         return None
     tail = losses[-max(1, math.ceil(len(losses) * tail_fraction)) :]

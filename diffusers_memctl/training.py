@@ -34,7 +34,7 @@ from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .distributed import check_launch, process_layout, use_cpu
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
-from .pipelines import write_remote_code
+from .pipelines import REMOTE_PIPELINE_FILE, write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -46,9 +46,15 @@ from .run_folder import (
     launch_lock,
     list_checkpoints,
     load_state_file,
+    new_run_id,
     publishable_args,
     publishable_path,
+    read_jsonl,
+    recover_interrupted_swaps,
     save_state_file,
+    staging_folder,
+    stamp_weights_run_id,
+    swap_in,
     write_json_atomic,
     write_text_atomic,
 )
@@ -97,7 +103,7 @@ SCHEMA_VERSION = 1
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite; the last good checkpoint is kept."""
+    """Raised when the training loss or the weights become NaN or infinite; the message says which checkpoint is kept."""
 
 
 @dataclass
@@ -304,12 +310,19 @@ def build_scheduler(
     return MemCtlDDPMScheduler(**settings, **sampling)
 
 
-def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output_dir: Path, modality: str) -> None:
+def save_pipeline(
+    model: torch.nn.Module,
+    scheduler: MemCtlDDPMScheduler,
+    output_dir: Path,
+    modality: str,
+    published_dir: Path | None = None,
+) -> None:
     """Save a pipeline that plain diffusers loads: `DDPMPipeline` (images) or `DDPM1DPipeline` (signals).
 
     The scheduler is written as a plain `DDPMScheduler` (so `model_index.json` names only diffusers classes); the
     memctl keys stay in `scheduler_config.json`, where plain diffusers ignores them and `MemCtlDDPMScheduler`
-    restores them.
+    restores them. `published_dir` is the run folder the files end up in when `output_dir` is a staging folder
+    inside it (local paths in configs are relative to it).
     """
     from diffusers import DDPMPipeline, DDPMScheduler
 
@@ -324,7 +337,7 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
     # absolute path (a Hub id stays as it is).
     source = model.config.get("_name_or_path")
     if source:
-        model.register_to_config(_name_or_path=publishable_path(str(source), output_dir / "unet"))
+        model.register_to_config(_name_or_path=publishable_path(str(source), (published_dir or output_dir) / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     if modality == "signal":
         write_remote_code(output_dir)
@@ -355,11 +368,14 @@ def build_training_config(
     data: TrainingData,
     scheduler: MemCtlDDPMScheduler,
     layout: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict:
-    """The content of ``training_config.json``: every resolved setting, versions, sampler summary, data summary, and
-    the process layout (`layout`: processes, per-process and global batch, device, precision, steps)."""
+    """The content of ``training_config.json``: every resolved setting, versions, sampler summary, data summary, the
+    process layout (`layout`: processes, per-process and global batch, device, precision, steps) and the run id that
+    the weights, ``metrics.json`` and the card of this run carry too."""
     config = {
         "schema_version": SCHEMA_VERSION,
+        "run_id": run_id or new_run_id(),
         "modality": data.modality,
         "versions": _versions(),
         # Local paths relative to the run folder (`--config` resolves them back): no absolute path is published.
@@ -401,8 +417,9 @@ class _SamplerState:
 def _truncate_loss_history(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    # A partial last line (an append cut by a kill or a full disk) is dropped, not a reason to refuse the resume.
+    kept = [record for record in read_jsonl(path) if record["step"] <= last_step]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def regression_target(
@@ -581,6 +598,8 @@ class _Run:
     alphas_cumprod: torch.Tensor
     # Draws the training timesteps: the scheduler's sampler, or uniform for `importance` re-weighting.
     timestep_draw: Any = None
+    # Written into training_config.json and the saved weights' metadata (evaluation puts it into metrics.json).
+    run_id: str | None = None
     global_step: int = 0
     micro_step: int = 0
     last_loss: float | None = None
@@ -607,23 +626,56 @@ def _create_accelerator(options: TrainingOptions) -> Any:
     )
 
 
+#: Everything a run and its evaluation leave in its folder. The config goes first, so that a kill part-way leaves a
+#: folder that is no run at all rather than one whose config belongs to one run and its weights to another.
+RUN_ARTEFACTS = (
+    TRAINING_CONFIG_NAME,
+    TRAIN_COMPLETE_NAME,
+    CHECKPOINTS_DIR,  # early: a resume must never continue the old run's checkpoints under a new config
+    "metrics.json",
+    "README.md",
+    "model_index.json",
+    "unet",
+    "scheduler",
+    REMOTE_PIPELINE_FILE,
+    LOSS_HISTORY_NAME,
+    "metrics_history.jsonl",
+    "samples.npz",
+    "plots",
+    "logs",
+)
+
+
+def _remove_run_artefacts(output_dir: Path) -> None:
+    """Remove the previous run of `output_dir` (every file of :data:`RUN_ARTEFACTS` and staging folders)."""
+    for stale in output_dir.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for name in RUN_ARTEFACTS:
+        target = output_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def _run_id_for(output_dir: Path, plan: RunPlan) -> str:
+    """A resumed run keeps its run id (the one in its config); a new run, or one started over, gets a new one."""
+    if plan.action in ("resume", "extend"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            run_id = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text()).get("run_id")
+            if run_id:
+                return run_id
+    return new_run_id()
+
+
 def _prepare_output_dir(accelerator: Any, output_dir: Path, plan: RunPlan, training_config: dict) -> None:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if plan.action == "overwrite":
-            # Everything a run and its evaluation leave behind, so nothing of the old run (plots included) passes
-            # for the new one's.
-            for name in (
-                LOSS_HISTORY_NAME,
-                "metrics.json",
-                "samples.npz",
-                "plots",
-                TRAIN_COMPLETE_NAME,
-                CHECKPOINTS_DIR,
-            ):
-                target = output_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        elif plan.action in ("resume", "extend") and (output_dir / TRAIN_COMPLETE_NAME).is_file():
+            # Everything of the old run goes before the new config is written: nothing of it (weights, card, plots)
+            # may pass for the new run's, even when this process is killed part-way.
+            _remove_run_artefacts(output_dir)
+        if plan.action in ("resume", "extend"):
+            # A report or a pipeline whose swap a kill interrupted is completed before anything else is written.
+            recover_interrupted_swaps(output_dir)
+        if plan.action in ("resume", "extend") and (output_dir / TRAIN_COMPLETE_NAME).is_file():
             # Resuming a finished run with --overwrite_output_dir trains its last steps again, and an extension
             # trains more: its report is stale.
             for name in (TRAIN_COMPLETE_NAME, "metrics.json"):
@@ -691,7 +743,8 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
         gradient_accumulation_steps=t_args.gradient_accumulation_steps,
     )
     layout.update(steps_per_epoch=steps_per_epoch, max_train_steps=max_steps, num_epochs=num_epochs)
-    config = build_training_config(options, data, scheduler, layout)
+    run_id = _run_id_for(output_dir, plan)
+    config = build_training_config(options, data, scheduler, layout, run_id)
     _prepare_output_dir(accelerator, output_dir, plan, config)
 
     ema = None
@@ -727,7 +780,7 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
     return _Run(
         options, output_dir, accelerator, data, model, scheduler, ema, optimizer, lr_scheduler,
         steps_per_epoch, max_steps, num_epochs, scheduler.alphas_cumprod.to(device),
-        training_timestep_sampler(scheduler.timestep_sampler, options.sampling.loss_weighting),
+        training_timestep_sampler(scheduler.timestep_sampler, options.sampling.loss_weighting), run_id,
     )  # fmt: skip
 
 
@@ -852,8 +905,8 @@ def _train_step(run: _Run, index: torch.Tensor, epoch: int, progress: Any) -> No
         loss = (per_sample * weights).mean() if weights is not None else per_sample.mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {run.global_step} (epoch {epoch}); the last good checkpoint "
-                f"is kept in {run.output_dir / CHECKPOINTS_DIR}. Lower --learning_rate or use --mixed_precision no."
+                f"loss became {loss.item()} at step {run.global_step + 1} (epoch {epoch}); "
+                f"{_kept_checkpoint_note(run)}. Lower --learning_rate or use --mixed_precision no."
             )
         accelerator.backward(loss)
         if accelerator.sync_gradients and t_args.max_grad_norm > 0:
@@ -934,7 +987,9 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
             except Exception as error:  # a preview is a by-product: it must never cost the training
                 logger.warning("preview of epoch %d skipped (%s: %s)", epoch + 1, type(error).__name__, error)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
-            _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
+            _save_final(
+                run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality, run.run_id
+            )
 
 
 def _run_epochs(run: _Run) -> float:
@@ -983,7 +1038,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
         # The state at the last step, so that a larger --max_train_steps extends the run exactly from there.
         _save_checkpoint(run)
     if accelerator.is_main_process:
-        _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
+        _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality, run.run_id)
         # Written last: its presence tells sweeps that this run finished training.
         write_json_atomic(
             run.output_dir / TRAIN_COMPLETE_NAME,
@@ -1099,9 +1154,46 @@ def _save_extra_state(run: _Run, folder: Path) -> None:
     save_state_file(folder / SAMPLER_STATE_NAME, run.scheduler.timestep_sampler.state_dict())
 
 
+def _kept_checkpoint_note(run: _Run) -> str:
+    """What a diverged run leaves to resume from, said truthfully (there may be no checkpoint at all)."""
+    latest = _latest_checkpoint(run.output_dir)
+    if latest is None:
+        return f"no checkpoint was written (none in {run.output_dir / CHECKPOINTS_DIR})"
+    step = int(latest.name.split("-")[1])
+    if step == run.global_step:
+        # Its weights are those this loss was computed with: if they diverged, resuming from it fails the same way.
+        earlier = list_checkpoints(run.output_dir)[:-1]
+        before = f"the one before is {earlier[-1]}" if earlier else "there is no earlier checkpoint"
+        return (
+            f"{latest} is kept but holds the weights this loss was computed with (if they diverged, resuming from "
+            f"it diverges again); {before}"
+        )
+    return f"the last checkpoint {latest} (step {step}) is kept"
+
+
+def _non_finite_weights(run: _Run) -> str | None:
+    """The first parameter (model or EMA) holding NaN or inf, or ``None`` when all are finite."""
+    model = run.accelerator.unwrap_model(run.model)
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            return name
+    if run.ema is not None:
+        for index, shadow in enumerate(run.ema.shadow_params):
+            if not torch.isfinite(shadow).all():
+                return f"EMA parameter {index}"
+    return None
+
+
 def _save_checkpoint(run: _Run) -> None:
     """Stage 4: ``checkpoints/checkpoint-N``, written under a hidden name and renamed once complete."""
     accelerator, output_dir = run.accelerator, run.output_dir
+    bad = _non_finite_weights(run)
+    if bad is not None:
+        # A checkpoint of non-finite weights would be "latest" and make every resume fail.
+        raise NonFiniteLossError(
+            f"the weights became non-finite at step {run.global_step} ({bad}), so checkpoint-{run.global_step} was "
+            f"not written; {_kept_checkpoint_note(run)}. Lower --learning_rate or use --mixed_precision no."
+        )
     path = output_dir / CHECKPOINTS_DIR / f"checkpoint-{run.global_step}"
     # A run killed while saving must not leave a half-written checkpoint-N that --resume_from_checkpoint latest (or a
     # sweep, or a Hub push) would pick up.
@@ -1135,14 +1227,30 @@ def _unwrapped_with_ema(accelerator: Any, model: torch.nn.Module, ema: Any):
     return unwrapped
 
 
-def _save_final(accelerator, model, ema, scheduler, output_dir: Path, modality: str) -> None:
+#: The files of a saved pipeline, replaced as one group (model_index.json last: loaders look for it first).
+PIPELINE_FILES = ("unet", "scheduler", REMOTE_PIPELINE_FILE, "model_index.json")
+
+
+def _save_final(
+    accelerator, model, ema, scheduler, output_dir: Path, modality: str, run_id: str | None = None
+) -> None:
+    """Save the pipeline into a staging folder, stamp the run id into the weights, then swap it in as one group.
+
+    A kill or a full disk part-way leaves the previous weights (or none) and no partial file.
+    """
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
+    staging = staging_folder(output_dir, "pipeline")
+    kept = "the previous weights are kept" if (output_dir / "unet").is_dir() else "no weights were saved"
     try:
         if next(unwrapped.parameters()).is_contiguous(memory_format=torch.contiguous_format) is False:
             unwrapped = unwrapped.to(memory_format=torch.contiguous_format)
-        with disk_full_guard(output_dir, "pipeline (model_index.json, unet/, scheduler/)"):
-            save_pipeline(unwrapped, scheduler, output_dir, modality)
+        with disk_full_guard(output_dir / "unet", "pipeline (model_index.json, unet/, scheduler/)", kept=kept):
+            save_pipeline(unwrapped, scheduler, staging, modality, published_dir=output_dir)
+            if run_id:
+                stamp_weights_run_id(staging / "unet", run_id)
+        swap_in(staging, output_dir, PIPELINE_FILES, last="model_index.json")
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if ema is not None:
             ema.restore(unwrapped.parameters())
 
@@ -1172,7 +1280,9 @@ def _save_preview(
             mixed_precision=options.training.mixed_precision,
         )
         if data.modality == "image":
-            figure = plot_image_nn_grid(generated.numpy(), data.samples[:16].numpy(), max_items=16)
+            # As many samples as the training set has, when it has fewer than 16.
+            shown = min(16, data.samples.shape[0])
+            figure = plot_image_nn_grid(generated[:shown].numpy(), data.samples[:shown].numpy(), max_items=shown)
         else:
             figure = plot_signal_overlay(generated.numpy(), data.samples[:200].numpy())
         path = save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")

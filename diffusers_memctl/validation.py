@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
+from .resources import check_fits_in_memory
 from .tracking import check_tracker_installed
 
 __all__ = ["validate_options"]
@@ -67,6 +68,11 @@ def _validate_training(options: TrainingOptions) -> None:
         raise ValueError(
             f"--logging_dir must be a folder inside --output_dir (a relative path), got {t.logging_dir!r}"
         )
+    output_dir = Path(t.output_dir).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(
+            f"--output_dir {t.output_dir} exists and is a file, not a folder; choose another --output_dir"
+        )
     resume = t.resume_from_checkpoint
     if resume and resume != "latest" and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder (or pass 'latest')")
@@ -81,6 +87,33 @@ def _validate_data_and_model(options: TrainingOptions) -> None:
         raise ValueError(
             f"--model_config_name_or_path {m.model_config_name_or_path} builds a fresh model and "
             f"--pretrained_model_name_or_path {m.pretrained_model_name_or_path} loads trained weights; pass one"
+        )
+    resolution = options.data.resolution
+    if resolution is not None:
+        # Before any data is read (in a dry run too): one batch of RGB float32 images is the least training holds;
+        # the data loader checks the whole data set once it knows its size.
+        batch = options.training.train_batch_size
+        check_fits_in_memory(
+            batch * 3 * resolution * resolution * 4,
+            f"--resolution {resolution} with --train_batch_size {batch}: one batch of images",
+            "lower --resolution",
+        )
+    _validate_pretrained_folder(options.model.pretrained_model_name_or_path)
+
+
+def _validate_pretrained_folder(source: str | None) -> None:
+    """A local --pretrained_model_name_or_path must hold a diffusers model (a pipeline with unet/, or a UNet)."""
+    if not source:
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        return  # a Hub id (or a missing folder, which the Hub lookup reports)
+    if not path.is_dir():
+        raise ValueError(f"--pretrained_model_name_or_path {source} is a file; give a run folder or a UNet folder")
+    if not ((path / "unet" / "config.json").is_file() or (path / "config.json").is_file()):
+        raise FileNotFoundError(
+            f"--pretrained_model_name_or_path {source} holds no diffusers model (neither unet/config.json nor "
+            "config.json); give the output_dir of a finished run or a UNet folder"
         )
 
 
@@ -164,6 +197,11 @@ def _validate_sampling(options: TrainingOptions) -> None:
     from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 
     s = options.sampling
+    if s.ci_lower is not None and s.ci_upper is not None and s.ci_lower >= s.ci_upper:
+        # Refused whatever the sampler: an inverted interval is a typo, not a setting to ignore.
+        raise ValueError(
+            f"--ci_lower must be smaller than --ci_upper, got --ci_lower={s.ci_lower} >= --ci_upper={s.ci_upper}"
+        )
     if s.timestep_sampling == "ci_normal" and (s.ci_lower is None or s.ci_upper is None):
         raise ValueError(
             "--timestep_sampling ci_normal needs --ci_lower and --ci_upper (e.g. --ci_lower 600 --ci_upper 1000)"
@@ -171,7 +209,10 @@ def _validate_sampling(options: TrainingOptions) -> None:
     if s.loss_weighting not in ("none", "min_snr", "p2", "importance"):
         raise ValueError(f"--loss_weighting {s.loss_weighting!r} is unknown; choose none, min_snr, p2 or importance")
     settings = {key: getattr(s, key) for key in MEMCTL_CONFIG_DEFAULTS}
-    _warn_unused_sampler_settings(settings)
+    # Once per options object: the script, the job runner and the training loop all validate the same options.
+    if not getattr(options, "_sampler_settings_checked", False):
+        _warn_unused_sampler_settings(settings)
+        object.__setattr__(options, "_sampler_settings_checked", True)
     try:
         MemCtlDDPMScheduler(num_train_timesteps=_num_train_timesteps(options), **settings).timestep_sampler  # noqa: B018
     except ValueError as error:

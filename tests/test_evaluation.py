@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline
 from huggingface_hub import hf_hub_download, metadata_load
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from diffusers_memctl.args import DataArguments
@@ -234,7 +235,9 @@ def test_nan_weights_fail_clearly_and_keep_the_previous_report(image_run):
 
     weights = image_run / "unet" / "diffusion_pytorch_model.safetensors"
     state = load_file(weights)
-    save_file({name: torch.full_like(tensor, float("nan")) for name, tensor in state.items()}, weights)
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()  # the run id: these diverged weights are still this run's
+    save_file({name: torch.full_like(tensor, float("nan")) for name, tensor in state.items()}, weights, metadata)
     with pytest.raises(ValueError, match="NaN") as info:
         evaluate_script([str(image_run), *flags])
     assert "3 of 3" in str(info.value) and str(image_run) in str(info.value)

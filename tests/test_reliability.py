@@ -32,12 +32,17 @@ from diffusers_memctl.run_folder import (
     CheckpointError,
     DiskFullError,
     RunFolderBusyError,
+    RunFolderMismatchError,
     UnsafeCheckpointError,
     disk_full_guard,
     run_lock,
 )
 from diffusers_memctl.training import EMA_CONFIG_KEYS, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hub_fixtures  # noqa: E402
+
+hub = hub_fixtures.hub  # the local Hub stand-in (tests/hub_stand_in.py)
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training_scripts" / "train_memctl.py"
 SWEEP_SCRIPT = REPO / "training_scripts" / "sweep_ci_grid.py"
@@ -71,7 +76,12 @@ def _steps(run: Path) -> list[int]:
 
 
 def _weights(run: Path) -> bytes:
-    return (run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    """The saved weights' tensors as bytes (the header's metadata, which holds the run id, may list keys in any
+    order: safetensors keeps metadata in a hash map)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
+    return b"".join(key.encode() + tensors[key].numpy().tobytes() for key in sorted(tensors))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -513,3 +523,383 @@ def test_published_files_hold_no_absolute_path_and_follow_the_umask(tmp_path):
         "checkpoints/checkpoint-2/unet_ema/diffusion_pytorch_model.safetensors",
     ):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# ==================================================================================================================
+# Issue 20: each of the 13 findings of the second audit, reproduced with the real fault
+# ==================================================================================================================
+
+KILL_HOOK = """
+import os, signal, sys
+sys.argv = [sys.argv[0], *{argv!r}]
+import {module} as target
+real = getattr(target, {name!r})
+def after_then_kill(*args, **kwargs):
+    result = real(*args, **kwargs)
+    if any(str(arg).endswith({suffix!r}) for arg in args):
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill, right after the named call returned
+    return result
+setattr(target, {name!r}, after_then_kill)
+{call}
+"""
+
+
+def _run_killed_after(tmp_path: Path, module: str, name: str, suffix: str, call: str, argv: list[str]) -> None:
+    """Run `call` in a fresh Python process that SIGKILLs itself right after ``module.name(..., *suffix)`` returns."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILL_HOOK.format(argv=argv, module=module, name=name, suffix=suffix, call=call))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+
+
+class _ShortWrite:
+    """A file whose disk fills up on the next write: half the bytes reach the disk, then ENOSPC (as write(2) does)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        self.handle.write(data[: len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_1_a_partial_last_line_of_the_loss_history_never_blocks_resume(tmp_path, monkeypatch):
+    """The finding: a full disk while appending left `{"step": 3, "epo`; resume failed with `Expecting ','`."""
+    import builtins
+
+    import diffusers_memctl.training as training
+
+    def open_until_step_5(path, mode="r", *args, **kwargs):
+        handle = builtins.open(path, mode, *args, **kwargs)
+        if str(path).endswith("loss_history.jsonl") and "a" in mode and len(_steps(path.parent)) == 4:
+            return _ShortWrite(handle)
+        return handle
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "open", open_until_step_5, raising=False)
+    with pytest.raises(DiskFullError, match="loss history"):
+        main(_argv(run, steps=6))
+    monkeypatch.undo()
+    text = (run / "loss_history.jsonl").read_text()
+    assert not text.endswith("\n") and text.rsplit("\n", 1)[1].startswith('{"step": 5')  # the partial line is there
+    result, _ = main(_argv(run, "--resume_from_checkpoint", "latest", steps=6))
+    assert result.global_step == 6 and _steps(run) == [1, 2, 3, 4, 5, 6]  # every step once
+
+
+def test_1_read_jsonl_drops_a_partial_last_line_and_repairs_the_file(tmp_path):
+    from diffusers_memctl.run_folder import read_jsonl
+
+    path = tmp_path / "metrics_history.jsonl"
+    path.write_text('{"step": 10, "nn_l2": 1.5}\n{"step": 20, "nn_')
+    assert read_jsonl(path) == [{"step": 10, "nn_l2": 1.5}]
+    assert path.read_text().endswith('"nn_')  # reading alone changes nothing
+    assert read_jsonl(path, repair=True) == [{"step": 10, "nn_l2": 1.5}]
+    assert path.read_text() == '{"step": 10, "nn_l2": 1.5}\n'
+    path.write_text('{"step": 10}\n{"step": 20}')  # a whole record whose newline was cut is kept
+    assert read_jsonl(path, repair=True) == [{"step": 10}, {"step": 20}] and path.read_text().endswith("}\n")
+    path.write_text('{"step": 10}\n{"ste\n{"step": 30}\n')  # damage inside the file is not silently skipped
+    with pytest.raises(ValueError, match=f"{path} line 2 is not JSON"):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize("subset", [2, 8])
+def test_2_evaluation_and_previews_work_with_fewer_training_samples_than_generated(tmp_path, subset):
+    """The finding: `--train_subset_size 8` with 16 evaluation samples failed after training, no pipeline saved."""
+    run = tmp_path / "run"
+    flags = ["--train_subset_size", str(subset), "--train_batch_size", "2", "--eval_num_samples", "16"]
+    main(_argv(run, *flags, "--save_images_epochs", "1", steps=2))
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["num_samples"] == 16 and report["settings"]["num_training_samples"] == subset
+    assert report["settings"]["pca_components"] == min(2, subset - 1)
+    assert (run / "model_index.json").is_file() and (run / "plots" / "pca_scatter.png").is_file()
+    assert (run / "plots" / "samples_epoch_0001.png").is_file()
+
+
+def test_3_a_killed_overwrite_never_leaves_a_folder_mixing_two_runs(finished_run, tmp_path):
+    """The finding: killed right after the new training_config.json, the folder kept the old unet/, card and metrics."""
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    old_unet = tmp_path / "old_unet"
+    shutil.copytree(run / "unet", old_unet)
+    argv = _argv(run, "--overwrite_output_dir", "--seed", "1")
+    call = "from diffusers_memctl.cli.train import main; main(sys.argv[1:])"
+    _run_killed_after(tmp_path, "diffusers_memctl.training", "write_json_atomic", "training_config.json", call, argv)
+    config = json.loads((run / "training_config.json").read_text())
+    assert config["args"]["seed"] == 1  # killed with the new run's config in place ...
+    left = {p.name for p in run.iterdir()} - {LOCK_NAME, "training_config.json"}
+    assert left == set(), left  # ... and nothing of the old run beside it
+    with pytest.raises(FileNotFoundError, match="holds no saved model"):
+        evaluate_run(run, num_samples=4, num_inference_steps=2, progress=False)
+
+    # Had the old weights and report survived (planted back here), the run ids tell them apart.
+    shutil.copytree(old_unet, run / "unet")
+    shutil.copy(finished_run / "model_index.json", run / "model_index.json")
+    shutil.copytree(finished_run / "scheduler", run / "scheduler")
+    with pytest.raises(RunFolderMismatchError, match="different runs"):
+        evaluate_run(run, num_samples=4, num_inference_steps=2, progress=False)
+
+
+def test_run_id_ties_config_weights_metrics_and_card_and_survives_resume(finished_run, tmp_path):
+    from diffusers_memctl.run_folder import check_run_ids, run_ids
+
+    run = _interrupted_copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    main(_argv(run, "--resume_from_checkpoint", "latest", "--eval_num_samples", "4"))
+    ids = run_ids(run)
+    assert set(ids) == {"training_config.json", "unet", "metrics.json", "README.md"}
+    assert len(set(ids.values())) == 1 and ids["unet"] == run_ids(finished_run)["training_config.json"]
+    assert check_run_ids(run, action="push") == ids["unet"]
+    main(_argv(run, "--overwrite_output_dir", "--eval_num_samples", "4", steps=2))
+    new_ids = run_ids(run)
+    assert len(set(new_ids.values())) == 1 and new_ids["unet"] != ids["unet"]  # a new run, a new id
+
+
+def test_3_sweeps_and_pushes_refuse_a_folder_whose_parts_disagree(finished_run, tmp_path):
+    from diffusers_memctl.hub import push_to_hub
+    from diffusers_memctl.sweep import is_run_evaluated
+
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    assert is_run_evaluated(run)
+    other = tmp_path / "other"
+    main(_argv(other, "--seed", "1", "--eval_num_samples", "4", steps=2))
+    shutil.copy(other / "metrics.json", run / "metrics.json")  # another run's report planted
+    assert not is_run_evaluated(run)  # a sweep trains and evaluates this cell again
+    with pytest.raises(RunFolderMismatchError, match="metrics.json has"):
+        push_to_hub(run, "me/mixed", endpoint="http://127.0.0.1:9")  # refused before any request
+
+
+def _kill_inside_the_report_swap(run: Path, tmp_path: Path) -> None:
+    call = (
+        "from diffusers_memctl.evaluation import evaluate_run\n"
+        f"evaluate_run({str(run)!r}, num_samples=6, num_inference_steps=2, seed=1, progress=False)"
+    )
+    # os.replace(<run>/metrics.json, <staging>/.old/metrics.json): the old report has just been moved aside.
+    _run_killed_after(tmp_path, "os", "replace", "/.old/metrics.json", call, [])
+
+
+def test_4_a_kill_inside_the_evaluation_swap_never_loses_metrics_json(finished_run, tmp_path, monkeypatch):
+    """The finding: killed right after metrics.json was moved aside, the next evaluation deleted its only copy."""
+    import matplotlib.figure
+
+    from diffusers_memctl.sweep import is_run_evaluated
+
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    _kill_inside_the_report_swap(run, tmp_path)
+    assert not (run / "metrics.json").exists()  # the state the kill left: the report only in the staging folder
+    assert not is_run_evaluated(run)
+
+    def savefig_on_full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_on_full_disk)
+    with pytest.raises(DiskFullError):  # the next evaluation fails too ...
+        evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["num_samples"] == 6  # ... yet completed the interrupted swap first: the killed run's whole report
+    assert (run / "samples.npz").is_file() and _hidden(run) == []
+    assert np.load(run / "samples.npz")["samples"].shape[0] == 6
+
+
+def _short_safetensors_write(target_fragment: str):
+    """`safetensors.torch.save_file` on a full disk: half the bytes reach the file, then the error safetensors raises."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+    from safetensors.torch import save
+
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if target_fragment not in str(filename):
+            return real(tensors, filename, metadata=metadata)
+        payload = save(tensors, metadata=metadata)
+        Path(filename).write_bytes(payload[: len(payload) // 2])
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    return save_file
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "final weights"])
+def test_5_disk_full_inside_safetensors_saves_names_the_path_and_leaves_no_partial_file(tmp_path, monkeypatch, where):
+    """The finding: `unexpected SafetensorError ... No space left on device`, no path, a partial checkpoint left."""
+    import accelerate.utils.other
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    if where == "checkpoint":
+        monkeypatch.setattr(accelerate.utils.other, "safe_save_file", _short_safetensors_write("checkpoint-4"))
+    else:
+        monkeypatch.setattr(safetensors.torch, "save_file", _short_safetensors_write("diffusion_pytorch_model"))
+    with pytest.raises(DiskFullError, match="no space left on device") as info:
+        main(_argv(run, steps=4))
+    message = str(info.value)
+    if where == "checkpoint":
+        assert "checkpoint-4" in message and "checkpoint-2 is kept" in message
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2"]
+    else:
+        assert str(run / "unet") in message and "no weights were saved" in message
+        assert not (run / "unet").exists() and not (run / "model_index.json").exists()
+        assert not list(run.glob(".staging-*"))
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [("ema.safetensors", "missing"), ("sampler_state.safetensors", "truncated"), ("scheduler.bin", "truncated")],
+)
+def test_6_an_unreadable_checkpoint_names_the_file_that_is_actually_bad(finished_run, tmp_path, name, damage):
+    """The finding: every such error blamed the untouched random_states_0.pkl."""
+    from diffusers_memctl.run_folder import find_unreadable_file
+
+    run = _interrupted_copy(finished_run, tmp_path)
+    checkpoint = run / "checkpoints" / "checkpoint-4"
+    assert find_unreadable_file(checkpoint) is None  # an untouched checkpoint: nothing to blame
+    path = checkpoint / name
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as info:
+        main(_argv(run, "--resume_from_checkpoint", "latest", steps=6))
+    message = str(info.value)
+    assert str(path) in message and "random_states_0.pkl" not in message and "checkpoint-2" in message
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_7_an_output_dir_that_is_a_file_is_one_clear_error(tmp_path, dry_run):
+    target = tmp_path / "run"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match=f"--output_dir {target} exists and is a file"):
+        main(_argv(target, *(["--dry_run"] if dry_run else [])))
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        with run_lock(target):
+            pass
+    assert target.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_8_a_resolution_too_large_for_memory_is_refused_before_any_allocation(tmp_path, monkeypatch, dry_run):
+    """The finding: `unexpected MemoryError: Unable to allocate 49.0 TiB` during data loading; --dry_run accepted."""
+    import diffusers_memctl.data as data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the size was checked")
+
+    monkeypatch.setattr(data, "load_training_data", no_data)
+    with pytest.raises(ValueError, match=r"--resolution 100000 .* needs about .* TiB of memory, more than"):
+        main(_argv(tmp_path / "run", "--resolution", "100000", *(["--dry_run"] if dry_run else [])))
+    assert not (tmp_path / "run").exists()
+
+
+def test_8_the_data_loader_checks_the_whole_data_set_before_allocating(monkeypatch):
+    import diffusers_memctl.resources as resources
+    from diffusers_memctl.data.images import load_digits_dataset, preprocess_images
+
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 1 << 20)  # a machine with 1 MiB free
+    needed = 1797 * 64 * 64 * 3 * (1 + 4 + 4) / 2**20  # uint8 pixels, float32 samples, one float32 copy
+    with pytest.raises(ValueError, match=rf"preprocessing 1797 images at resolution 64 needs about {needed:.1f} MiB"):
+        preprocess_images(load_digits_dataset(), "image", 64)
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["--num_epoch", "5"], "(did you mean --num_epochs?)"),
+        (["--learnig_rate=1e-3"], "(did you mean --learning_rate?)"),
+        (["--config", "{config}"], "(did you mean num_epochs?)"),
+    ],
+)
+def test_9_12_an_unknown_flag_or_config_key_is_at_most_three_lines_with_a_suggestion(tmp_path, argv, hint):
+    """The findings: 73 lines of usage before the error; `--num_epoch 5` silently taken as `--num_epochs`."""
+    config = tmp_path / "settings.json"
+    config.write_text('{"num_epoch": 5}')
+    argv = [a.replace("{config}", str(config)) for a in argv]
+    done = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *argv, "--dry_run"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and 1 <= len(lines) <= 3, done.stderr
+    assert lines[-1].endswith(hint) and "error:" in lines[-1]
+    with pytest.raises(SystemExit):  # in-process too: no prefix matching
+        parse_training_options(argv)
+
+
+def test_10_checkpoints_hold_only_finite_weights_and_the_error_says_what_is_kept(tmp_path):
+    """The finding: "the last good checkpoint is kept" when none existed; a kept checkpoint diverged at once."""
+    from diffusers_memctl.training import NonFiniteLossError
+
+    run = tmp_path / "run"
+    lr = ["--learning_rate", "1e39", "--lr_warmup_steps", "0", "--checkpointing_steps", "1"]
+    with pytest.raises(NonFiniteLossError, match="became non-finite at step 1") as info:
+        main(_argv(run, *lr, steps=4))  # float32 weights overflow to inf in the first step
+    assert "checkpoint-1 was not written; no checkpoint was written" in str(info.value)
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
+
+    run = tmp_path / "run2"
+    lr = ["--learning_rate", "1e6", "--lr_warmup_steps", "0", "--checkpointing_steps", "1"]
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 2") as info:
+        main(_argv(run, *lr, steps=4))
+    message = str(info.value)
+    assert "checkpoint-1 is kept but holds the weights this loss was computed with" in message
+    assert "no earlier checkpoint" in message
+    assert "last good checkpoint is kept" not in message
+    for checkpoint in (run / "checkpoints").iterdir():
+        assert all(torch.isfinite(t).all() for t in load_state_file(checkpoint / "ema.safetensors")["shadow_params"])
+
+
+def test_11_an_inverted_interval_is_refused_whatever_the_sampler_and_warnings_come_once(tmp_path, caplog):
+    with pytest.raises(ValueError, match="--ci_lower must be smaller than --ci_upper"):
+        main(_argv(tmp_path / "inverted", "--ci_lower", "900", "--ci_upper", "100"))  # uniform sampling
+    assert not (tmp_path / "inverted").exists()
+    main(_argv(tmp_path / "run", "--ci_lower", "900", "--ci_upper", "1000", steps=1))
+    assert caplog.text.count("have no effect with --timestep_sampling uniform") == 1  # was printed 3 times
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_12_an_empty_folder_as_pretrained_model_is_one_clear_line(tmp_path, dry_run):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"--pretrained_model_name_or_path {empty} holds no diffusers model"):
+        main(_argv(tmp_path / "run", "--pretrained_model_name_or_path", str(empty), *(["--dry_run"] * dry_run)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_13_pushing_a_finished_run_pushes_it_and_a_failed_push_gives_the_command(
+    finished_run, tmp_path, hub, monkeypatch, caplog
+):
+    """The finding: `--push_to_hub --resume_from_checkpoint latest` on a finished run: "nothing to resume", no push."""
+    run = _copy(finished_run, tmp_path)
+    evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
+    monkeypatch.setenv("HF_TOKEN", hub_fixtures.TOKEN)
+    flags = ["--resume_from_checkpoint", "latest", "--push_to_hub"]
+    result, _ = main(_argv(run, *flags, "--hub_model_id", "me/finished"))
+    assert result.already_finished
+    stored = hub.server.files("me/finished")
+    weights = (run / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert stored["unet/diffusion_pytorch_model.safetensors"] == weights and "metrics.json" in stored
+
+    caplog.clear()
+    with pytest.raises(Exception, match="invalid Hub repo id"):  # noqa: B017 - wrapped by the after-training error
+        main(_argv(run, *flags, "--hub_model_id", "bad id!"))
+    assert "nothing was pushed (" in caplog.text
+    assert "--resume_from_checkpoint latest --push_to_hub --hub_model_id bad id!" in caplog.text

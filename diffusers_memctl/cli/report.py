@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ..study_report import report_from_study_csv
     from ..sweep import analyze_sweep_dir, export_sweep_results, report_from_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("folder", help="Sweep folder, or an exported results folder with --from_csv.")
     parser.add_argument("--export", default=None, help="Copy rows + loss histories here and write the report there.")
     parser.add_argument("--from_csv", action="store_true", help="Rebuild from sweep_results.csv and loss_histories/.")

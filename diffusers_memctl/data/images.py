@@ -26,6 +26,7 @@ from datasets.data_files import EmptyDatasetError
 from diffusers.utils import logging
 from PIL import Image as PILImage
 
+from ..resources import check_fits_in_memory
 from .ucr import SIGNAL_DATASET_PRESETS
 
 logger = logging.get_logger(__name__)
@@ -430,6 +431,12 @@ def preprocess_images(
             return index, None, False, f"{type(error).__name__}: {error}"
         return index, array, grayscale, None
 
+    # Checked before allocating: uint8 pixels, then the float32 samples and one float32 copy while converting.
+    check_fits_in_memory(
+        num_rows * resolution * resolution * 3 * (1 + 4 + 4),
+        f"preprocessing {num_rows} images at resolution {resolution}",
+        "lower --resolution or --max_train_samples",
+    )
     pixels = np.empty((num_rows, resolution, resolution, 3), dtype=np.uint8)
     kept = np.zeros(num_rows, dtype=bool)
     all_grayscale = True
