@@ -864,7 +864,9 @@ def test_10_checkpoints_hold_only_finite_weights_and_the_error_says_what_is_kept
     assert "no earlier checkpoint" in message
     assert "last good checkpoint is kept" not in message
     for checkpoint in (run / "checkpoints").iterdir():
-        assert all(torch.isfinite(t).all() for t in load_state_file(checkpoint / "ema.safetensors")["shadow_params"])
+        for folder in ("unet", "unet_ema"):
+            weights = load_file(checkpoint / folder / "diffusion_pytorch_model.safetensors")
+            assert all(torch.isfinite(t).all() for t in weights.values()), (checkpoint, folder)
 
 
 def test_11_an_inverted_interval_is_refused_whatever_the_sampler_and_warnings_come_once(tmp_path, caplog):
