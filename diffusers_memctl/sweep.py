@@ -286,6 +286,10 @@ def _pretrain_locked(options: TrainingOptions, sweep: SweepArguments, target: Pa
     pre.training.num_epochs = sweep.pretrain_epochs or pre.training.num_epochs
     pre.training.max_train_steps = getattr(sweep, "pretrain_max_train_steps", None)
     pre.training.learning_rate = sweep.pretrain_learning_rate or options.training.learning_rate
+    if getattr(sweep, "pretrain_eval_every_steps", None) is not None:
+        pre.evaluation.eval_every_steps = sweep.pretrain_eval_every_steps
+    # The budget is for fine-tunes: a pretraining stopped early would change what every method starts from.
+    pre.evaluation.max_memorized_fraction = None
     pre.training.resume_from_checkpoint = "latest" if (target / "checkpoints").is_dir() else None
     # Without a checkpoint, whatever an earlier attempt left there is started over.
     pre.training.overwrite_output_dir = True
@@ -301,7 +305,9 @@ def cell_options(options: TrainingOptions, cell: SweepCell, run_dir: Path, pretr
     """The training options of one cell: the shared settings plus the cell's sampler, seed and folders."""
     cell_opts = copy.deepcopy(options)
     if cell.method is not None:
-        cell_opts.sampling = apply_method(cell_opts.sampling, resolve_method(cell.method))
+        method = resolve_method(cell.method)
+        cell_opts.sampling = apply_method(cell_opts.sampling, method)
+        cell_opts.training.learning_rate = options.training.learning_rate * method.learning_rate_scale
     else:
         cell_opts.sampling.timestep_sampling = cell.timestep_sampling
         cell_opts.sampling.ci_lower = cell.ci_lower
