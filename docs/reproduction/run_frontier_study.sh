@@ -6,6 +6,8 @@
 # Arms: uniform at the study's learning rate (2e-4) and at half and a quarter of it, ci_late, ci_mid, the logit-normal
 # mass-matched to ci_late, importance_ci_late, min_snr. Every evaluation: 250 samples, DDIM 25 steps, seed 0.
 #   bash docs/reproduction/run_frontier_study.sh digits|pokemon        (one dataset; the two ran side by side)
+# Each dataset runs as two processes (one thread each) sharing the study folder: the first takes every size in turn,
+# the second starts on the larger size; finished and running groups/runs are skipped through the folders' locks.
 # The study folder is resumable: rerunning the command skips finished runs and resumes killed ones.
 # Raw trajectory rows (one per arm, size, pretraining, step) go to docs/reproduction/frontier_<dataset>/, from which
 #   python -m diffusers_memctl.frontier docs/reproduction/frontier_<dataset>
@@ -18,8 +20,8 @@ PRETRAIN_SEEDS="${PRETRAIN_SEEDS:-0,1,2,3,4}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 name="$1"
 case "$name" in
-  digits)  DATA=(--dataset_name digits --resolution 8 --train_subset_sizes 16,64) ;;
-  pokemon) DATA=(--train_data_dir "$SHARED/pokemon-artwork" --resolution 8 --train_subset_sizes 8,32) ;;
+  digits)  DATA=(--dataset_name digits --resolution 8); SIZES=16,64; LARGER=64 ;;
+  pokemon) DATA=(--train_data_dir "$SHARED/pokemon-artwork" --resolution 8); SIZES=8,32; LARGER=32 ;;
   *) echo "unknown dataset $name (digits|pokemon)" >&2; exit 2 ;;
 esac
 dir="$RUNS/frontier_$name"
@@ -33,6 +35,8 @@ ARGS=("${DATA[@]}" --sweep_dir "$dir" --model_preset tiny --train_batch_size 16
       --eval_num_samples 250 --num_inference_steps 25)
 mkdir -p "$dir"
 start=$SECONDS
-python training_scripts/sweep_ci_grid.py "${ARGS[@]}" > "$dir/study.log" 2>&1
+python training_scripts/sweep_ci_grid.py "${ARGS[@]}" --train_subset_sizes "$SIZES" > "$dir/study.log" 2>&1 &
+python training_scripts/sweep_ci_grid.py "${ARGS[@]}" --train_subset_sizes "$LARGER" > "$dir/study_n$LARGER.log" 2>&1
+wait
 echo "frontier_$name: $((SECONDS - start)) s wall" | tee -a "$RUNS/frontier_wall_times.txt"
-python -m diffusers_memctl.frontier --export "$dir" "docs/reproduction/frontier_$name"
+python -m diffusers_memctl.frontier "docs/reproduction/frontier_$name" --export "$dir"
