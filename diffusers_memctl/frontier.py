@@ -461,7 +461,7 @@ def render_frontier_report(analysis: dict[str, Any], figures: list[str]) -> str:
     for read_off, meaning in READ_OFFS.items():
         final = [t for t in analysis["tests"] if t["read_off"] == read_off and t["state"] == "final"]
         lines += ["", f"## Final state, {read_off}: {meaning}", "", *_test_table(final, with_state=False)]
-    for read_off, meaning in READ_OFFS.items():
+    for read_off in READ_OFFS:
         along = [t for t in analysis["tests"] if t["read_off"] == read_off and t["state"] != "final"]
         along.sort(key=lambda t: (t["dataset"], t["train_subset_size"], t["method"], int(t["state"].split()[1])))
         lines += ["", f"## Along training, {read_off}", "", *_test_table(along, with_state=True)]
