@@ -33,10 +33,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .methods import resolve_method
+from .plotting import save_figure
 from .run_folder import write_json_atomic, write_text_atomic
 
 __all__ = [
     "FRONTIER_ROWS_NAME",
+    "add_matched_quality_to_study",
+    "matched_quality_answer",
     "UNIFORM_ARMS",
     "analyze_frontier",
     "collect_frontier_rows",
@@ -82,7 +86,12 @@ def _rows_of_run(run_dir: Path, base: dict[str, Any], arm: str) -> list[dict[str
     return rows
 
 
-def collect_frontier_rows(study_dir: str | Path, dataset: str) -> list[dict[str, Any]]:
+def _dataset_name(run_dir: Path) -> str:
+    args = json.loads((run_dir / "training_config.json").read_text())["args"]
+    return str(args.get("dataset_name") or Path(str(args.get("train_data_dir") or "data")).name)
+
+
+def collect_frontier_rows(study_dir: str | Path, dataset: str | None = None) -> list[dict[str, Any]]:
     """One row per (arm, size, pretraining, evaluated step) from a study's ``metrics_history.jsonl`` files.
 
     The pretraining's own trajectory is the arm ``pretraining``; fine-tunes are named by their method. A fine-tune's
@@ -91,7 +100,9 @@ def collect_frontier_rows(study_dir: str | Path, dataset: str) -> list[dict[str,
     rows = []
     for group in sorted(p for p in Path(study_dir).glob("n*-p*") if p.is_dir()):
         size, seed = group.name[1:].split("-p")
-        base = {"dataset": dataset, "train_subset_size": int(size), "pretrain_seed": int(seed)}
+        if dataset is None and (group / "pretrained" / "training_config.json").is_file():
+            dataset = _dataset_name(group / "pretrained")
+        base = {"dataset": dataset or "data", "train_subset_size": int(size), "pretrain_seed": int(seed)}
         if (group / "pretrained" / "train_complete.json").is_file():
             rows += _rows_of_run(group / "pretrained", base, "pretraining")
         for run_dir in sorted((group / "cells").glob("*-seed*")):
@@ -552,13 +563,118 @@ def write_frontier_report(folder: str | Path, rows: list[dict[str, Any]], *, mak
     write_json_atomic(folder / "analysis.json", analysis)
     figures = []
     if make_plots:
-        from .plotting import save_figure
-
         for dataset in sorted({r["dataset"] for r in rows}):
             path = save_figure(plot_frontier(rows, analysis, dataset), folder / "figures" / f"frontier_{dataset}.png")
             figures.append(path.relative_to(folder).as_posix())
     write_text_atomic(folder / "REPORT.md", render_frontier_report(analysis, figures))
     return {"analysis": analysis, "figures": figures, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plain answer (a study's REPORT.md opens with it)
+# --------------------------------------------------------------------------------------------------------------
+
+MATCHED_QUALITY_DIR = "matched_quality"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _one_pretraining_answer(size: int, method: str, state: dict[str, Any], words: str) -> str:
+    q, c = state["heldout_frechet"], state["copies"]
+    a, b = state["uniform_copies_at_quality"], state["uniform_quality_at_copies"]
+    at_quality = (
+        "uniform sampling trained less never reached that quality (no read-off)"
+        if not math.isfinite(a)
+        else f"uniform sampling trained less (the pretraining stopped earlier, or uniform fine-tuning stopped "
+        f"earlier) reaches that quality with {_pct(a)} copies"
+    )
+    at_copies = (
+        "uniform never copied that little"
+        if not math.isfinite(b)
+        else f"at {_pct(c)} copies uniform reaches held-out Frechet {b:.2f}"
+    )
+    if math.isfinite(a) and math.isfinite(b) and c - a < 0 and q - b < 0:
+        answer = f"`{method}` **beats training less** here: fewer copies at equal quality (below uniform's frontier)"
+    elif (math.isfinite(a) and c - a > 0) or (math.isfinite(b) and q - b > 0):
+        answer = (
+            f"`{method}` **does not beat training less** here: stopping uniform earlier gives "
+            f"{'fewer copies at equal quality' if math.isfinite(a) and c - a > 0 else 'better quality at equal copies'}"
+        )
+    else:
+        answer = f"`{method}` sits on uniform's frontier here: it moves along it, as training less does"
+    return (
+        f"- **{size} training samples**: after {state['step']} fine-tuning steps `{method}` ({words}) copies "
+        f"{_pct(c)} of its samples at held-out Frechet {q:.2f} (lower = better quality); {at_quality}, and "
+        f"{at_copies}. So {answer}. This is one pretraining: a single measurement with no interval; the replicated "
+        "answer (5 pretrainings per size, Holm-corrected) is the frontier study in docs/REPRODUCTION.md."
+    )
+
+
+def matched_quality_answer(analysis: dict[str, Any], method: str = "ci_late") -> list[str]:
+    """Plain-words lines: does `method` beat training uniform less at matched quality? One per (dataset, size)."""
+    try:
+        words = resolve_method(method).description
+    except ValueError:
+        words = method
+    lines = []
+    for v in (v for v in analysis["verdicts"] if v["method"] == method):
+        entries = [
+            e for e in analysis["per_pretraining"]
+            if (e["dataset"], e["train_subset_size"]) == (v["dataset"], v["train_subset_size"])
+            and method in e["methods"]
+        ]  # fmt: skip
+        if len(entries) == 1:
+            lines.append(_one_pretraining_answer(v["train_subset_size"], method, entries[0]["methods"][method]["final"],
+                                                 words))  # fmt: skip
+            continue
+        tests = {t["read_off"]: t for t in analysis["tests"] if t["state"] == "final" and t["method"] == method
+                 and (t["dataset"], t["train_subset_size"]) == (v["dataset"], v["train_subset_size"])}  # fmt: skip
+        a, b = tests["copies_at_matched_quality"], tests["quality_at_matched_copies"]
+        lines.append(
+            f"- **{v['dataset']}, {v['train_subset_size']} training samples, {len(entries)} pretrainings**: `{method}` "
+            f"minus uniform trained less at equal quality: {_fmt(a['mean'])} copies [{_fmt(a['ci_low'])}, "
+            f"{_fmt(a['ci_high'])}] (p {_p(a['p'])}, Holm {_p(a.get('p_holm'))}); at equal copies: "
+            f"{_fmt(b['mean'])} Frechet [{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}] (p {_p(b['p'])}, Holm "
+            f"{_p(b.get('p_holm'))}): {v['words']}; its final state is dominated by a uniform state in "
+            f"{v['dominated_in']} of {v['num_pretrainings']} pretrainings."
+        )
+    return lines
+
+
+def add_matched_quality_to_study(study_dir: str | Path, *, make_plots: bool = True) -> dict[str, Any] | None:
+    """When a study evaluated along training: its frontier analysis into ``matched_quality/``, and the plain answer
+    at the top of its ``REPORT.md``. `None` (nothing written) for a study without ``metrics_history.jsonl``."""
+    study_dir = Path(study_dir)
+    rows = collect_frontier_rows(study_dir)
+    arms = {r["arm"] for r in rows}
+    if not rows or not (arms - set(UNIFORM_ARMS)) or not (arms & set(UNIFORM_ARMS)):
+        return None
+    folder = study_dir / MATCHED_QUALITY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    write_frontier_rows(folder / FRONTIER_ROWS_NAME, rows)
+    result = write_frontier_report(folder, rows, make_plots=make_plots)
+    method = "ci_late" if "ci_late" in arms else sorted(arms - set(UNIFORM_ARMS))[0]
+    answer = [
+        "## Does it beat training less? (matched quality)",
+        "",
+        "Every run was evaluated along its training (`metrics_history.jsonl`), the pretraining included, so each "
+        "method can be compared with uniform sampling *trained less* at the same held-out quality, not only at the "
+        "same number of steps:",
+        "",
+        *matched_quality_answer(result["analysis"], method),
+        "",
+        *[f"![copies vs held-out quality along training]({MATCHED_QUALITY_DIR}/{f})" for f in result["figures"]],
+        "",
+        f"Details: [{MATCHED_QUALITY_DIR}/REPORT.md]({MATCHED_QUALITY_DIR}/REPORT.md).",
+        "",
+    ]
+    report = study_dir / "REPORT.md"
+    if report.is_file():
+        head, _, rest = report.read_text().partition("\n")
+        write_text_atomic(report, head + "\n\n" + "\n".join(answer) + rest)
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
