@@ -491,6 +491,10 @@ ARM_STYLE = {
     "logit_normal_matched": ("#9467bd", "-"),
     "importance_ci_late": ("#2ca02c", "-"),
     "min_snr": ("#1f77b4", "-"),
+    "ci_early": ("#8c564b", "-"),
+    "ci_narrow_late": ("#e377c2", "-"),
+    "logit_normal_late": ("#bcbd22", "-"),
+    "p2": ("#17becf", "-"),
 }
 
 
@@ -518,7 +522,7 @@ def plot_frontier(rows: list[dict[str, Any]], analysis: dict[str, Any], dataset:
                 xs = [*fq, q_max]
                 ys = [100 * c for c in [*fc, fc[-1]]]
                 ax.fill_between(xs, ys, 100, color="0.5", alpha=0.07, linewidth=0)
-                ax.plot(xs, ys, color="black", linewidth=0.6, alpha=0.5)
+                ax.plot(xs, ys, color="0.35", linewidth=2.5, alpha=0.25, solid_capstyle="butt")
         for seed in seeds:
             for arm in sorted(
                 {r["arm"] for r in mine}, key=lambda a: list(ARM_STYLE).index(a) if a in ARM_STYLE else 99
@@ -540,7 +544,8 @@ def plot_frontier(rows: list[dict[str, Any]], analysis: dict[str, Any], dataset:
         y_all = [100 * r[COPIES] for r in mine if r.get(COPIES) is not None]
         ax.set_ylim(-1, max(y_all, default=1) * 1.08 + 1)
         ax.set_xlim(min(q_all, default=0) * 0.95, q_max)
-        ax.set_title(f"{dataset}, {size} training images ({len(seeds)} pretrainings)", fontsize=10)
+        count = f"{len(seeds)} pretraining{'s' if len(seeds) != 1 else ''}"
+        ax.set_title(f"{dataset}, {size} training images ({count})", fontsize=10)
         ax.set_xlabel("held-out Frechet distance (lower = better quality)")
         ax.set_ylabel("copied samples (%) (lower = fewer copies)")
         ax.grid(alpha=0.3)
@@ -549,9 +554,18 @@ def plot_frontier(rows: list[dict[str, Any]], analysis: dict[str, Any], dataset:
         h, lab = ax.get_legend_handles_labels()
         handles += h
         labels += lab
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles += [
+        Line2D([], [], color="0.35", linewidth=2.5, alpha=0.25),
+        Patch(color="0.5", alpha=0.15, linewidth=0),
+        Line2D([], [], marker="o", color="0.3", markerfacecolor="none", linestyle="none", markersize=5),
+    ]
+    labels += ["uniform's frontier (one\nper pretraining)", "reached by uniform\ntrained less", "final step"]
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.995, 0.5), fontsize=8, frameon=False,
-               title="arm (dashed: the pretraining\nalong its own steps; ring =\nfinal step; grey area: what\n"
-               "uniform trained less reaches)", title_fontsize=8)  # fmt: skip
+               title="arm (dots = evaluated steps;\ndashed = the pretraining\nalong its own steps)",
+               title_fontsize=8)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -575,6 +589,7 @@ def write_frontier_report(folder: str | Path, rows: list[dict[str, Any]], *, mak
 # --------------------------------------------------------------------------------------------------------------
 
 MATCHED_QUALITY_DIR = "matched_quality"
+ANSWER_START, ANSWER_END = "<!-- matched-quality answer -->", "<!-- end of the matched-quality answer -->"
 
 
 def _pct(value: float) -> str:
@@ -672,8 +687,12 @@ def add_matched_quality_to_study(study_dir: str | Path, *, make_plots: bool = Tr
     ]
     report = study_dir / "REPORT.md"
     if report.is_file():
-        head, _, rest = report.read_text().partition("\n")
-        write_text_atomic(report, head + "\n\n" + "\n".join(answer) + rest)
+        text = report.read_text()
+        if ANSWER_END in text:  # rebuilt: replace the earlier answer, do not stack a second one
+            text = text[: text.index(ANSWER_START)] + text[text.index(ANSWER_END) + len(ANSWER_END) + 1 :]
+        head, _, rest = text.partition("\n")
+        block = "\n".join([ANSWER_START, *answer, ANSWER_END])
+        write_text_atomic(report, head + "\n\n" + block + "\n" + rest.lstrip("\n"))
     return result
 
 

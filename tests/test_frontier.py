@@ -9,6 +9,7 @@ from statsmodels.stats.multitest import multipletests
 
 from diffusers_memctl.frontier import (
     FRONTIER_ROWS_NAME,
+    add_matched_quality_to_study,
     analyze_frontier,
     collect_frontier_rows,
     copies_at_quality,
@@ -133,3 +134,34 @@ def test_collect_rows_from_a_study_folder(tmp_path):
     ]  # fmt: skip
     assert rows[0]["train_subset_size"] == 16 and rows[0]["pretrain_seed"] == 3
     assert rows[2]["learning_rate"] == 1e-4
+
+
+def test_a_study_evaluated_along_training_opens_its_report_with_the_matched_quality_answer(tmp_path):
+    """One pretraining: uniform trained less reaches ci_late's quality with fewer copies -> "does not beat"."""
+
+    def run(folder, method, history):
+        folder.mkdir(parents=True)
+        args = {"method_name": method, "learning_rate": 2e-4, "dataset_name": "digits"}
+        (folder / "training_config.json").write_text(json.dumps({"args": args}))
+        (folder / "metrics_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        (folder / "metrics.json").write_text("{}")
+        (folder / "train_complete.json").write_text("{}")
+
+    def state(step, q, c, final=False):
+        return {"step": step, "final": final, "heldout_frechet_distance": q, "memorized_fraction": c}
+
+    group = tmp_path / "n00016-p0"
+    run(group / "pretrained", None, [state(300, 3.8, 0.0), state(600, 2.1, 0.0), state(1500, 1.8, 0.29, True)])
+    run(group / "cells" / "uniform-seed0", "uniform", [state(0, 1.8, 0.29), state(400, 2.0, 0.35, True)])
+    run(group / "cells" / "ci_late-seed0", "ci_late", [state(0, 1.8, 0.29), state(400, 3.0, 0.04, True)])
+    (tmp_path / "REPORT.md").write_text("# Memorization study\n\n## The answer\n\nrest\n")
+    for _ in range(2):  # rebuilding replaces the answer instead of stacking a second one
+        add_matched_quality_to_study(tmp_path, make_plots=False)
+    report = (tmp_path / "REPORT.md").read_text()
+    assert report.startswith("# Memorization study\n\n<!-- matched-quality answer -->\n## Does it beat training less?")
+    assert report.count("## Does it beat training less?") == 1 and report.endswith("## The answer\n\nrest\n")
+    assert "`ci_late` (CI-normal on [750, 1000]" in report
+    assert "copies 4.0% of its samples at held-out Frechet 3.00" in report
+    assert "reaches that quality with 0.0% copies" in report
+    assert "**does not beat training less** here" in report and "no interval" in report
+    assert (tmp_path / "matched_quality" / "frontier_rows.csv").is_file()
