@@ -279,6 +279,8 @@ def _read_off(frontier: tuple[np.ndarray, np.ndarray], points: list, row: dict[s
         "uniform_copies_at_quality": copies_at_quality(frontier, q),
         "uniform_quality_at_copies": quality_at_copies(frontier, c),
         "dominated_by_uniform": _is_dominated(points, q, c),
+        # Better held-out quality than every uniform state: uniform trained less never gets there (no read-off a).
+        "beyond_uniform_quality": bool(len(frontier[0]) and q < frontier[0][0]),
     }
 
 
@@ -350,9 +352,11 @@ def _group_verdicts(results: dict[int, dict[str, Any]], tests: list[dict], metho
                 and t["mean"] < 0
             }  # fmt: skip
         )
+        beyond = [r["methods"][method]["final"]["beyond_uniform_quality"] for r in results.values()
+                  if method in r["methods"]]  # fmt: skip
         verdicts.append({**key, "method": method, "verdict": verdict, "words": VERDICT_WORDS[verdict],
-                         "dominated_in": int(sum(dominated)), "num_pretrainings": len(dominated),
-                         "steps_resolved_below": below_steps})  # fmt: skip
+                         "dominated_in": int(sum(dominated)), "beyond_uniform_quality_in": int(sum(beyond)),
+                         "num_pretrainings": len(dominated), "steps_resolved_below": below_steps})  # fmt: skip
     return verdicts
 
 
@@ -403,6 +407,8 @@ def analyze_frontier(rows: list[dict[str, Any]], *, methods: list[str] | None = 
             "within the family (one dataset, size, read-off and state, over the methods)",
             "dominated_in": "pretrainings in which some uniform state has both better-or-equal quality and "
             "fewer-or-equal copies than the method's final state",
+            "beyond_uniform_quality_in": "pretrainings in which the method's final state has a lower held-out "
+            "Frechet than every uniform state (read-off a undefined there)",
         },
         "families": families,
         "tests": tests,
@@ -460,14 +466,16 @@ def render_frontier_report(analysis: dict[str, Any], figures: list[str]) -> str:
         "",
         "## Verdicts (final state: every arm after the same number of steps)",
         "",
-        "| dataset | size | method | verdict | final state dominated by a uniform state | steps resolved below |",
-        "|---|---:|---|---|---:|---|",
+        "| dataset | size | method | verdict | final state dominated by a uniform state | better quality than "
+        "every uniform state | steps resolved below |",
+        "|---|---:|---|---|---:|---:|---|",
     ]
     for v in analysis["verdicts"]:
         below = ", ".join(v["steps_resolved_below"]) or "none"
         lines.append(
             f"| {v['dataset']} | {v['train_subset_size']} | `{v['method']}` | {v['words']} | "
-            f"{v['dominated_in']} of {v['num_pretrainings']} | {below} |"
+            f"{v['dominated_in']} of {v['num_pretrainings']} | {v['beyond_uniform_quality_in']} of "
+            f"{v['num_pretrainings']} | {below} |"
         )
     for read_off, meaning in READ_OFFS.items():
         final = [t for t in analysis["tests"] if t["read_off"] == read_off and t["state"] == "final"]
@@ -653,7 +661,8 @@ def matched_quality_answer(analysis: dict[str, Any], method: str = "ci_late") ->
             f"{_fmt(a['ci_high'])}] (p {_p(a['p'])}, Holm {_p(a.get('p_holm'))}); at equal copies: "
             f"{_fmt(b['mean'])} Frechet [{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}] (p {_p(b['p'])}, Holm "
             f"{_p(b.get('p_holm'))}): {v['words']}; its final state is dominated by a uniform state in "
-            f"{v['dominated_in']} of {v['num_pretrainings']} pretrainings."
+            f"{v['dominated_in']} of {v['num_pretrainings']} pretrainings and has better quality than every uniform "
+            f"state in {v['beyond_uniform_quality_in']}."
         )
     return lines
 

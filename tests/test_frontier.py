@@ -68,6 +68,7 @@ def test_analysis_places_methods_below_along_and_above_the_frontier_with_holm():
     assert verdicts["along"]["verdict"] == "unresolved"
     assert verdicts["above"]["verdict"] == "above"
     assert verdicts["above"]["dominated_in"] == 5 and verdicts["below"]["dominated_in"] == 0
+    assert verdicts["above"]["beyond_uniform_quality_in"] == 0
     final = {(t["method"], t["read_off"]): t for t in analysis["tests"] if t["state"] == "final"}
     below = final[("below", "copies_at_matched_quality")]
     assert below["n"] == 5 and below["mean"] == pytest.approx(-0.05, abs=0.003)
@@ -165,3 +166,17 @@ def test_a_study_evaluated_along_training_opens_its_report_with_the_matched_qual
     assert "reaches that quality with 0.0% copies" in report
     assert "**does not beat training less** here" in report and "no interval" in report
     assert (tmp_path / "matched_quality" / "frontier_rows.csv").is_file()
+
+
+def test_a_method_with_better_quality_than_every_uniform_state_is_counted_not_dropped():
+    rows = _synthetic_rows(3)
+    for row in rows:
+        if row["arm"] == "below" and row["final"]:
+            row["heldout_frechet_distance"] = 0.5  # better than uniform's best (1.0); copies 0.25
+    analysis = analyze_frontier(rows)
+    verdict = next(v for v in analysis["verdicts"] if v["method"] == "below")
+    assert verdict["beyond_uniform_quality_in"] == 3
+    final = {(t["method"], t["read_off"]): t for t in analysis["tests"] if t["state"] == "final"}
+    assert final[("below", "copies_at_matched_quality")]["n"] == 0  # no read-off (a) there
+    # (b): at 0.25 copies uniform has Frechet 3.5; the method 0.5, i.e. 3.0 better.
+    assert final[("below", "quality_at_matched_copies")]["mean"] == pytest.approx(-3.0, abs=0.05)
