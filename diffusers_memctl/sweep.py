@@ -76,6 +76,16 @@ _PER_CELL_KEYS = {
 }
 
 
+# Settings added after sweeps were first pinned, with the value that reproduces the old behaviour: a sweep folder
+# pinned before them still resumes when they keep that value.
+_LATER_SETTINGS = {
+    "eval_every_steps": 0,
+    "eval_history_num_samples": None,
+    "max_memorized_fraction": None,
+    "pretrain_eval_every_steps": None,
+}
+
+
 @dataclass(frozen=True)
 class SweepCell:
     """One run of a sweep: an interval (or the uniform baseline), or a named method, and a seed."""
@@ -227,7 +237,7 @@ def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
             f"{group}.{key}: {stored.get(group, {}).get(key)!r} -> {value!r}"
             for group, values in settings.items()
             for key, value in values.items()
-            if stored.get(group, {}).get(key) != value
+            if stored.get(group, {}).get(key, _LATER_SETTINGS.get(key)) != value
         )
         if diffs:
             raise ValueError(

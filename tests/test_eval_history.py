@@ -325,3 +325,19 @@ def test_lower_learning_rate_arms_scale_the_sweep_learning_rate(tmp_path):
     assert options.training.learning_rate == 2e-4
     # Named, not part of `all` (the regime study's list stays as published).
     assert set(FRONTIER_METHODS).isdisjoint(m.name for m in parse_methods("all"))
+
+
+def test_a_sweep_pinned_before_evaluation_along_training_still_resumes(tmp_path):
+    from diffusers_memctl.args import SweepArguments, TrainingOptions
+    from diffusers_memctl.sweep import SWEEP_CONFIG_NAME, _check_sweep_config, _shared_settings
+
+    options, sweep = TrainingOptions(), SweepArguments()
+    old = _shared_settings(options, sweep)
+    for key in ("eval_every_steps", "eval_history_num_samples", "max_memorized_fraction"):
+        del old["training"][key]
+    del old["sweep"]["pretrain_eval_every_steps"]
+    (tmp_path / SWEEP_CONFIG_NAME).write_text(json.dumps(old))
+    _check_sweep_config(tmp_path, _shared_settings(options, sweep))  # the defaults reproduce the old sweep
+    options.evaluation.eval_every_steps = 100
+    with pytest.raises(ValueError, match=r"training.eval_every_steps: None -> 100"):
+        _check_sweep_config(tmp_path, _shared_settings(options, sweep))
