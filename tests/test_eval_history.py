@@ -341,3 +341,74 @@ def test_a_sweep_pinned_before_evaluation_along_training_still_resumes(tmp_path)
     options.evaluation.eval_every_steps = 100
     with pytest.raises(ValueError, match=r"training.eval_every_steps: None -> 100"):
         _check_sweep_config(tmp_path, _shared_settings(options, sweep))
+
+
+@pytest.mark.slow
+def test_a_study_evaluates_the_pretraining_and_every_arm_along_training(tmp_path):
+    from diffusers_memctl.cli.sweep import main as sweep_main
+
+    study = tmp_path / "study"
+    sweep_main(
+        [
+            "--sweep_dir",
+            str(study),
+            "--dataset_name",
+            "digits",
+            "--resolution",
+            "8",
+            "--model_preset",
+            "tiny",
+            "--train_batch_size",
+            "8",
+            "--train_subset_sizes",
+            "16",
+            "--pretrain_seeds",
+            "0",
+            "--pretrain_max_train_steps",
+            "6",
+            "--pretrain_learning_rate",
+            "1e-3",
+            "--pretrain_eval_every_steps",
+            "3",
+            "--methods",
+            "uniform,uniform_lr0.5,ci_late",
+            "--seeds",
+            "0",
+            "--max_train_steps",
+            "4",
+            "--learning_rate",
+            "2e-4",
+            "--lr_warmup_steps",
+            "1",
+            "--eval_every_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--save_images_epochs",
+            "0",
+            "--save_model_epochs",
+            "0",
+            "--logger",
+            "none",
+            "--eval_num_samples",
+            "12",
+            "--eval_batch_size",
+            "12",
+            "--num_inference_steps",
+            "3",
+        ]  # fmt: skip
+    )
+    group = study / "n00016-p0"
+    assert [(r["step"], r["final"]) for r in read_history(group / "pretrained")] == [(3, False), (6, True)]
+    for arm in ("uniform", "uniform_lr0.5", "ci_late"):
+        rows = read_history(group / "cells" / f"{arm}-seed0")
+        assert [(r["step"], r["final"]) for r in rows] == [(0, False), (2, False), (4, True)]
+        # Step 0 of every arm is the pretrained model: the pretraining's own last row.
+        assert rows[0]["nn_l2_mean"] == pytest.approx(read_history(group / "pretrained")[-1]["nn_l2_mean"], rel=1e-5)
+    lr = json.loads((group / "cells" / "uniform_lr0.5-seed0" / "training_config.json").read_text())["args"]
+    assert lr["learning_rate"] == pytest.approx(1e-4)
+    report = (study / "REPORT.md").read_text()
+    assert report.splitlines()[2] == "<!-- matched-quality answer -->"
+    assert "`ci_late` (CI-normal on [750, 1000]" in report
+    rows = (study / "matched_quality" / "frontier_rows.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 + 3 * 3  # header, pretraining (2 rows), 3 arms x 3 evaluations
