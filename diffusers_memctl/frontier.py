@@ -550,7 +550,8 @@ def plot_frontier(rows: list[dict[str, Any]], analysis: dict[str, Any], dataset:
                 ax.plot(xs, ys, style, color=color, linewidth=0.8, alpha=0.8, marker="o", markersize=2.2, label=label)
                 ax.plot(xs[-1:], ys[-1:], "o", color=color, markersize=5, markerfacecolor="none", linewidth=0.8)
         y_all = [100 * r[COPIES] for r in mine if r.get(COPIES) is not None]
-        ax.set_ylim(-1, max(y_all, default=1) * 1.08 + 1)
+        top = max(max(y_all, default=0) * 1.08, 5.0)  # 0-5% when nothing copies: no negative axis
+        ax.set_ylim(-0.02 * top, top)
         ax.set_xlim(min(q_all, default=0) * 0.95, q_max)
         count = f"{len(seeds)} pretraining{'s' if len(seeds) != 1 else ''}"
         ax.set_title(f"{dataset}, {size} training images ({count})", fontsize=10)
