@@ -6,13 +6,25 @@
 # control), at matched compute. Each run is evaluated (copies, distance ratios, held-out quality) along its training
 # (every 100 steps, the pretraining every 300: metrics_history.jsonl), and REPORT.md opens with the answer in plain
 # words: at the same held-out quality, does the late interval copy less than uniform sampling trained less?
-#   bash scripts/main_job.sh [OUTPUT_DIR] [extra flags for sweep_ci_grid.py]
+#   bash scripts/main_job.sh [OUTPUT_DIR] [--smoke] [extra flags for sweep_ci_grid.py]
+# --smoke (used by CI) runs the same pipeline with a few steps and samples: it checks that everything runs, nothing more.
+# The environment: scripts/setup_env.sh (an active virtual environment, else .venv/ in the clone, built on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/main_job}"
 shift || true
-python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e ".[plot]"
+smoke=()
+extra=()
+for flag in "$@"; do
+  if [ "$flag" = "--smoke" ]; then
+    smoke=(--pretrain_max_train_steps 40 --max_train_steps 20 --lr_warmup_steps 2 --checkpointing_steps 10
+      --eval_num_samples 32 --num_inference_steps 5 --eval_every_steps 10 --pretrain_eval_every_steps 20)
+  else
+    extra+=("$flag")
+  fi
+done
+# shellcheck source=setup_env.sh
+source scripts/setup_env.sh ""
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   training_scripts/sweep_ci_grid.py \
   --sweep_dir "$out" --dataset_name digits --resolution 8 --model_preset tiny \
@@ -20,7 +32,7 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
   --methods uniform,ci_late,ci_early --seeds 0 --max_train_steps 400 --learning_rate 2e-4 \
   --train_batch_size 16 --lr_warmup_steps 100 --ema_max_decay 0.999 --checkpointing_steps 200 \
   --eval_num_samples 250 --num_inference_steps 25 --eval_every_steps 100 --pretrain_eval_every_steps 300 \
-  --save_images_epochs 0 --logger tensorboard "$@"
+  --save_images_epochs 0 --logger tensorboard "${extra[@]}" "${smoke[@]}"
 echo
 echo "Results: $out/REPORT.md (figures in $out/figures; the pretrained model and one run folder per method in"
 echo "$out/n00016-p0/). Each run folder loads with diffusers.DDPMPipeline.from_pretrained(<folder>)."
