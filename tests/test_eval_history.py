@@ -248,7 +248,7 @@ def test_budget_stops_at_the_first_evaluation_over_it_and_keeps_the_last_state_w
     # ... and the saved pipeline holds the weights of that earlier evaluation (its checkpoint has the same ones),
     # not the weights of the step that stopped.
     saved_unet = load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
-    at_saved = load_file(run / "checkpoints" / f"checkpoint-{saved}" / "model.safetensors")
+    at_saved = load_file(run / "checkpoints" / f"checkpoint-{saved}" / "unet" / "diffusion_pytorch_model.safetensors")
     assert sorted(saved_unet) == sorted(at_saved)
     assert all(torch.equal(saved_unet[k], at_saved[k]) for k in saved_unet)
     # The final evaluation (metrics.json) is of the saved state: it copies no more than the budget allows.
