@@ -231,6 +231,20 @@ class EvaluationArguments:
         "Folder for the training set's cached embeddings (shared by runs and shards); memory only when omitted.",
         default=None,
     )
+    eval_every_steps: int = _help(
+        "Evaluate the (EMA) model along training every N optimizer steps (and at step 0 when fine-tuning) into "
+        "metrics_history.jsonl, with the evaluation settings above; 0 disables.",
+        default=0,
+    )
+    eval_history_num_samples: int | None = _help(
+        "Samples of the along-training evaluations (cheaper than --eval_num_samples); omitted = --eval_num_samples.",
+        default=None,
+    )
+    max_memorized_fraction: float | None = _help(
+        "Memorization budget: stop at the first along-training evaluation whose memorized_fraction exceeds F and "
+        "save the last evaluated state at or under F (needs --eval_every_steps).",
+        default=None,
+    )
 
 
 @dataclass
@@ -282,6 +296,9 @@ class SweepArguments:
         "Memorization study: comma-separated training-set sizes; each size x pretraining seed gets its own seeded "
         "subset, uniform pretraining and fine-tunes in <sweep_dir>/n<size>-p<seed>/.",
         default=None,
+    )
+    pretrain_eval_every_steps: int | None = _help(
+        "--eval_every_steps of the pretraining run (its own trajectory); omitted = --eval_every_steps.", default=None
     )
     pretrain_seeds: str | None = _help(
         "Memorization study: comma-separated seeds of the independent pretrainings (the replicates); each also "

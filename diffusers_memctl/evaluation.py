@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .eval_history import BUDGET_KEY, sync_final_row
 from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 from .run_folder import (
     check_run_ids,
@@ -36,7 +37,9 @@ from .run_folder import (
 __all__ = [
     "METRICS_SCHEMA_VERSION",
     "evaluate_run",
+    "evaluate_model",
     "evaluation_kwargs",
+    "measure_generated",
     "generate_samples",
     "load_run_pipeline",
     "read_training_config",
@@ -283,6 +286,8 @@ def evaluate_run(
             memorization_threshold,
             features,
         )
+        # metrics_history.jsonl (when the run evaluated along training) ends with this evaluation.
+        sync_final_row(run_path, report)
     logger.info("%s: %s", run_path.name, report["sample_check"]["line"])
     return report
 
@@ -310,7 +315,6 @@ def _generate_and_measure(
     """The report of :func:`evaluate_run` (nothing written yet), with the samples and training data behind it."""
     from .args import DataArguments
     from .data import load_training_data
-    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances
 
     config = read_training_config(run_path)
     modality = config["modality"]
@@ -392,23 +396,19 @@ def _generate_and_measure(
     requested_components = pca_components
     pca_components = _usable_pca_components(pca_components, training)
     tic = time.perf_counter()
-    metric_device = device if device.type == "cuda" else None
-    metrics = compute_metrics(
-        generated.to(metric_device) if metric_device else generated,
-        training.to(metric_device) if metric_device else training,
+    metrics = measure_generated(
+        generated,
+        training_data,
         modality=modality,
-        n_components=pca_components,
-        bins=js_bins,
+        pca_components=pca_components,
+        pca_fit_on=pca_fit_on,
+        js_bins=js_bins,
         memorization_threshold=memorization_threshold,
+        seed=seed,
+        device=device,
     )
-    if pca_fit_on != "train":
-        metrics.update(
-            pca_distribution_distances(generated, training, pca_components, fit_on=pca_fit_on, bins=js_bins)
-        )
     reference = training_reference(training_data, memorization_threshold)
     heldout = getattr(training_data, "heldout", None)
-    if heldout is not None and heldout.shape[0] >= 2:
-        metrics.update(heldout_metrics(generated, training, heldout, generator=torch.Generator().manual_seed(seed)))
     timings["metrics_s"] = time.perf_counter() - tic
     features = None
     if extractor is not None:
@@ -451,6 +451,8 @@ def _generate_and_measure(
             "sampler": config.get("sampler", {}),
         },
     }
+    if config.get(BUDGET_KEY):
+        report[BUDGET_KEY] = config[BUDGET_KEY]
     if features is not None:
         report["settings"]["features"] = features.settings
         report["feature_reference"] = features.reference
@@ -468,6 +470,97 @@ def _usable_pca_components(requested: int, training: torch.Tensor) -> int:
             requested,
         )
     return usable
+
+
+def measure_generated(
+    generated: torch.Tensor,
+    training_data: Any,
+    *,
+    modality: str,
+    pca_components: int = 2,
+    pca_fit_on: str = "train",
+    js_bins: int = 50,
+    memorization_threshold: float = 1 / 3,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Every metric of ``metrics.json`` (feature metrics aside) for `generated` against `training_data`.
+
+    The one implementation behind the final report and the along-training evaluations
+    (:mod:`diffusers_memctl.eval_history`), so both carry the same keys: memorization, PCA distances and, when the
+    data holds a held-out split, the held-out quality.
+    """
+    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances
+
+    training = training_data.samples
+    metric_device = device if device is not None and torch.device(device).type == "cuda" else None
+    metrics = compute_metrics(
+        generated.to(metric_device) if metric_device else generated,
+        training.to(metric_device) if metric_device else training,
+        modality=modality,
+        n_components=pca_components,
+        bins=js_bins,
+        memorization_threshold=memorization_threshold,
+    )
+    if pca_fit_on != "train":
+        metrics.update(
+            pca_distribution_distances(generated, training, pca_components, fit_on=pca_fit_on, bins=js_bins)
+        )
+    heldout = getattr(training_data, "heldout", None)
+    if heldout is not None and heldout.shape[0] >= 2:
+        metrics.update(heldout_metrics(generated, training, heldout, generator=torch.Generator().manual_seed(seed)))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    scheduler_config: Any,
+    training_data: Any,
+    evaluation_args: Any,
+    *,
+    num_samples: int,
+    mixed_precision: str = "no",
+    device: torch.device | None = None,
+) -> tuple[dict[str, float], float]:
+    """Generate `num_samples` from `model` as it is and measure them as the final evaluation does.
+
+    Uses the evaluation settings of `evaluation_args` (sampler, steps, seed, PCA, thresholds); feature-space metrics
+    (``--feature_extractor``) are left to the final evaluation.
+
+    Returns:
+        `tuple`: The metrics and the seconds the evaluation took.
+    """
+    e = evaluation_args
+    tic = time.perf_counter()
+    generated = generate_samples(
+        model,
+        scheduler_config,
+        training_data.modality,
+        num_samples=num_samples,
+        batch_size=e.eval_batch_size,
+        sampler=e.eval_sampler,
+        num_inference_steps=e.num_inference_steps,
+        seed=e.eval_seed,
+        sample_shape=list(training_data.samples.shape[1:]),
+        progress=False,
+        device=device,
+        mixed_precision=e.eval_mixed_precision or mixed_precision or "no",
+    )
+    if not torch.isfinite(generated).all():
+        raise ValueError("generated samples contain NaN or inf: the model diverged during training")
+    metrics = measure_generated(
+        generated,
+        training_data,
+        modality=training_data.modality,
+        pca_components=e.pca_components,
+        pca_fit_on=e.pca_fit_on,
+        js_bins=e.js_bins,
+        memorization_threshold=e.memorization_threshold,
+        seed=e.eval_seed,
+        device=device,
+    )
+    return metrics, time.perf_counter() - tic
 
 
 #: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.

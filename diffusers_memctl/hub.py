@@ -361,6 +361,7 @@ def render_model_card(
         feature_settings=(metrics_doc.get("settings") or {}).get("features"),
         feature_reference=[(k, _format_value(v)) for k, v in (metrics_doc.get("feature_reference") or {}).items()],
         plots=_plots(run_dir),
+        budget_message=(config.get("memorization_budget") or {}).get("message"),
     )
 
 

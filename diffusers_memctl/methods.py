@@ -16,7 +16,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STUDY_METHODS", "TrainingMethod", "apply_method", "parse_methods", "resolve_method"]
+__all__ = [
+    "FRONTIER_METHODS",
+    "LOGIT_MEAN_MATCHED_CI_LATE",
+    "STUDY_METHODS",
+    "TrainingMethod",
+    "apply_method",
+    "mass_matched_logit_mean",
+    "parse_methods",
+    "resolve_method",
+]
 
 
 @dataclass(frozen=True)
@@ -27,11 +36,14 @@ class TrainingMethod:
         name (`str`): Short name used for run folders, tables and figures.
         description (`str`): One line for reports.
         settings (`dict`): ``SamplingArguments`` fields to set; every other sampling field takes its default.
+        learning_rate_scale (`float`, defaults to 1.0): Factor on the sweep's ``--learning_rate`` (the "train less"
+            arms: the same sampler with a lower learning rate).
     """
 
     name: str
     description: str
     settings: dict[str, Any] = field(default_factory=dict)
+    learning_rate_scale: float = 1.0
 
     @property
     def ci_interval(self) -> tuple[float, float] | None:
@@ -45,6 +57,11 @@ def _ci(name: str, lo: int, hi: int, note: str) -> TrainingMethod:
     return TrainingMethod(
         name, f"CI-normal on [{lo}, {hi}] ({note})", {"timestep_sampling": "ci_normal", "ci_lower": lo, "ci_upper": hi}
     )
+
+
+#: Mean (before the sigmoid, std 1.0) of the logit-normal with the same probability of t < 750 as CI-normal
+#: [750, 1000] (4.375% at T = 1000): solved numerically by :func:`mass_matched_logit_mean` (tests check the match).
+LOGIT_MEAN_MATCHED_CI_LATE = 2.807
 
 
 #: The memorization study's methods, in report order. Parameters of the peers are their papers' defaults where
@@ -81,6 +98,32 @@ STUDY_METHODS: dict[str, TrainingMethod] = {
     )
 }
 
+#: The frontier study's extra arms (docs/REPRODUCTION.md, "Matched quality"): "train less" with the uniform sampler
+#: at lower learning rates, and a logit-normal that draws as few low-noise steps as ci_late. Resolved by name; not
+#: part of ``--methods all`` (which stays the regime study's list).
+FRONTIER_METHODS: dict[str, TrainingMethod] = {
+    m.name: m
+    for m in (
+        TrainingMethod(
+            "logit_normal_matched",
+            "logit-normal mass-matched to ci_late: P(t < 750) = 4.4% (mean 2.807, std 1.0)",
+            {"timestep_sampling": "logit_normal", "logit_mean": LOGIT_MEAN_MATCHED_CI_LATE, "logit_std": 1.0},
+        ),
+        TrainingMethod(
+            "uniform_lr0.5",
+            "uniform timesteps at half the learning rate (training less)",
+            {},
+            learning_rate_scale=0.5,
+        ),
+        TrainingMethod(
+            "uniform_lr0.25",
+            "uniform timesteps at a quarter of the learning rate (training less)",
+            {},
+            learning_rate_scale=0.25,
+        ),
+    )
+}
+
 _CI_NAME = re.compile(r"^ci-(\d+)-(\d+)$")
 
 
@@ -93,13 +136,37 @@ def resolve_method(name: str) -> TrainingMethod:
     name = name.strip()
     if name in STUDY_METHODS:
         return STUDY_METHODS[name]
+    if name in FRONTIER_METHODS:
+        return FRONTIER_METHODS[name]
     match = _CI_NAME.match(name)
     if match:
         lo, hi = int(match.group(1)), int(match.group(2))
         return TrainingMethod(
             name, f"CI-normal on [{lo}, {hi}]", {"timestep_sampling": "ci_normal", "ci_lower": lo, "ci_upper": hi}
         )
-    raise ValueError(f"--methods: unknown method {name!r}; choose from {sorted(STUDY_METHODS)} or 'ci-LO-HI'")
+    raise ValueError(
+        f"--methods: unknown method {name!r}; choose from {sorted(STUDY_METHODS) + sorted(FRONTIER_METHODS)} or 'ci-LO-HI'"
+    )
+
+
+def mass_matched_logit_mean(
+    t_lower: float = 750, t_upper: float = 1000, *, below: int = 750, logit_std: float = 1.0, T: int = 1000
+) -> float:
+    """The logit-normal mean whose probability of ``t < below`` equals CI-normal ``[t_lower, t_upper]``'s.
+
+    Both probabilities come from the samplers' own discrete tables, so the match holds for what training draws.
+    """
+    from scipy.optimize import brentq
+
+    from .timestep_sampling import create_timestep_sampler
+
+    target = float(create_timestep_sampler("ci_normal", T, ci_lower=t_lower, ci_upper=t_upper).probs()[:below].sum())
+
+    def gap(mean: float) -> float:
+        probs = create_timestep_sampler("logit_normal", T, logit_mean=mean, logit_std=logit_std).probs()
+        return float(probs[:below].sum()) - target
+
+    return float(brentq(gap, -10.0, 10.0, xtol=1e-6))
 
 
 def parse_methods(text: str) -> list[TrainingMethod]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
+from .frontier import add_matched_quality_to_study
 from .run_folder import run_lock, write_json_atomic
 from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
@@ -160,7 +161,10 @@ def analyze_study_dir(study_dir: str | Path, *, make_plots: bool = True) -> dict
     rows = collect_study_results(study_dir)
     if not rows:
         raise ValueError(f"no evaluated run in the groups of {study_dir}; run the study first")
-    return write_study_analysis(Path(study_dir), rows, make_plots=make_plots)
+    result = write_study_analysis(Path(study_dir), rows, make_plots=make_plots)
+    # Runs evaluated along training (--eval_every_steps): the matched-quality answer opens REPORT.md.
+    add_matched_quality_to_study(study_dir, make_plots=make_plots)
+    return result
 
 
 def is_study_dir(folder: str | Path) -> bool:

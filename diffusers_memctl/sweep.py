@@ -86,6 +86,16 @@ _PER_CELL_KEYS = {
 }
 
 
+# Settings added after sweeps were first pinned, with the value that reproduces the old behaviour: a sweep folder
+# pinned before them still resumes when they keep that value.
+_LATER_SETTINGS = {
+    "eval_every_steps": 0,
+    "eval_history_num_samples": None,
+    "max_memorized_fraction": None,
+    "pretrain_eval_every_steps": None,
+}
+
+
 @dataclass(frozen=True)
 class SweepCell:
     """One run of a sweep: an interval (or the uniform baseline), or a named method, and a seed."""
@@ -254,7 +264,7 @@ def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
             f"{group}.{key}: {stored.get(group, {}).get(key)!r} -> {value!r}"
             for group, values in settings.items()
             for key, value in values.items()
-            if stored.get(group, {}).get(key) != value
+            if stored.get(group, {}).get(key, _LATER_SETTINGS.get(key)) != value
         )
         if diffs:
             raise ValueError(
@@ -313,6 +323,10 @@ def _pretrain_locked(options: TrainingOptions, sweep: SweepArguments, target: Pa
     pre.training.num_epochs = sweep.pretrain_epochs or pre.training.num_epochs
     pre.training.max_train_steps = getattr(sweep, "pretrain_max_train_steps", None)
     pre.training.learning_rate = sweep.pretrain_learning_rate or options.training.learning_rate
+    if getattr(sweep, "pretrain_eval_every_steps", None) is not None:
+        pre.evaluation.eval_every_steps = sweep.pretrain_eval_every_steps
+    # The budget is for fine-tunes: a pretraining stopped early would change what every method starts from.
+    pre.evaluation.max_memorized_fraction = None
     pre.training.resume_from_checkpoint = "latest" if (target / "checkpoints").is_dir() else None
     # Without a checkpoint, whatever an earlier attempt left there is started over.
     pre.training.overwrite_output_dir = True
@@ -328,7 +342,9 @@ def cell_options(options: TrainingOptions, cell: SweepCell, run_dir: Path, pretr
     """The training options of one cell: the shared settings plus the cell's sampler, seed and folders."""
     cell_opts = copy.deepcopy(options)
     if cell.method is not None:
-        cell_opts.sampling = apply_method(cell_opts.sampling, resolve_method(cell.method))
+        method = resolve_method(cell.method)
+        cell_opts.sampling = apply_method(cell_opts.sampling, method)
+        cell_opts.training.learning_rate = options.training.learning_rate * method.learning_rate_scale
     else:
         cell_opts.sampling.timestep_sampling = cell.timestep_sampling
         cell_opts.sampling.ci_lower = cell.ci_lower

@@ -33,6 +33,15 @@ from safetensors.torch import load_file as load_safetensors
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .distributed import check_launch, process_layout, use_cpu
+from .eval_history import (
+    BUDGET_KEY,
+    BUDGET_STATE_DIR,
+    HISTORY_NAME,
+    BudgetOutcome,
+    record_history_row,
+    truncate_history,
+)
+from .evaluation import evaluate_model
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
 from .pipelines import REMOTE_PIPELINE_FILE, write_remote_code
 from .run_folder import (
@@ -607,6 +616,9 @@ class _Run:
     loss_count: int = 0
     bin_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_LOSS_BINS, dtype=torch.float64))
     bin_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(NUM_LOSS_BINS, dtype=torch.long))
+    # --max_memorized_fraction: where the run stands with its budget; `stopped` ends training early.
+    budget: BudgetOutcome | None = None
+    stopped: bool = False
 
 
 def _create_accelerator(options: TrainingOptions) -> Any:
@@ -639,7 +651,8 @@ RUN_ARTEFACTS = (
     "scheduler",
     REMOTE_PIPELINE_FILE,
     LOSS_HISTORY_NAME,
-    "metrics_history.jsonl",
+    HISTORY_NAME,
+    BUDGET_STATE_DIR,
     "samples.npz",
     "plots",
     "logs",
@@ -777,11 +790,14 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(device)
-    return _Run(
+    run = _Run(
         options, output_dir, accelerator, data, model, scheduler, ema, optimizer, lr_scheduler,
         steps_per_epoch, max_steps, num_epochs, scheduler.alphas_cumprod.to(device),
         training_timestep_sampler(scheduler.timestep_sampler, options.sampling.loss_weighting), run_id,
     )  # fmt: skip
+    if options.evaluation.max_memorized_fraction is not None:
+        run.budget = BudgetOutcome(float(options.evaluation.max_memorized_fraction))
+    return run
 
 
 def _resume(run: _Run, checkpoint: Path) -> None:
@@ -799,6 +815,10 @@ def _resume(run: _Run, checkpoint: Path) -> None:
     run.global_step = int(checkpoint.name.split("-")[1])
     if run.accelerator.is_main_process:
         _truncate_loss_history(run.output_dir / LOSS_HISTORY_NAME, run.global_step)
+        # Evaluations after the checkpoint are run again with the steps they followed (no duplicate, no gap).
+        rows = truncate_history(run.output_dir, run.global_step)
+        if run.budget is not None:
+            run.budget = BudgetOutcome.from_history(rows, run.budget.max_memorized_fraction)
 
 
 def _averaged_parameters(model: torch.nn.Module, folder: Path, device: torch.device) -> list[torch.Tensor]:
@@ -962,8 +982,115 @@ def _end_of_step(run: _Run, epoch: int, progress: Any) -> None:
     run.bin_sums.zero_()
     run.bin_counts.zero_()
     run.loss_sum, run.loss_count = 0.0, 0
+    if _evaluation_due(run):
+        # Before the checkpoint of this step: a run killed in between resumes before this step and evaluates again.
+        _evaluate_along(run)
+        if run.stopped:
+            return
     if t_args.checkpointing_steps and run.global_step % t_args.checkpointing_steps == 0:
         _save_checkpoint(run)
+
+
+def _evaluation_due(run: _Run) -> bool:
+    """An along-training evaluation every --eval_every_steps; the last step only under a budget (it is checked
+    there too), else the run's final evaluation is the last row."""
+    every = run.options.evaluation.eval_every_steps
+    if not every:
+        return False
+    if run.global_step >= run.max_steps:
+        return run.budget is not None
+    return run.global_step % every == 0
+
+
+def _evaluate_along(run: _Run) -> None:
+    """Evaluate the (EMA) model as it is now into ``metrics_history.jsonl``; apply the memorization budget."""
+    e, accelerator = run.options.evaluation, run.accelerator
+    stop = False
+    if accelerator.is_main_process:
+        num_samples = e.eval_history_num_samples or e.eval_num_samples
+        unwrapped = _unwrapped_with_ema(accelerator, run.model, run.ema)
+        was_training = unwrapped.training
+        try:
+            unwrapped.eval()
+            metrics, seconds = evaluate_model(
+                unwrapped,
+                run.scheduler,
+                run.data,
+                e,
+                num_samples=num_samples,
+                mixed_precision=run.options.training.mixed_precision,
+                device=accelerator.device,
+            )
+            if run.budget is not None and _keep_for_budget(run, metrics["memorized_fraction"]):
+                _save_budget_state(run, unwrapped)
+        finally:
+            unwrapped.train(was_training)
+            if run.ema is not None:
+                run.ema.restore(unwrapped.parameters())
+        row = {"step": run.global_step, "final": False, "num_samples": num_samples, "eval_seconds": round(seconds, 3)}
+        record_history_row(run.output_dir, {**row, **metrics})
+        logger.info(
+            "step %d: copies %.1f%%%s (%d samples, evaluated in %.1f s)",
+            run.global_step,
+            100 * metrics["memorized_fraction"],
+            f", held-out Frechet {metrics['heldout_frechet']:.3f}" if "heldout_frechet" in metrics else "",
+            num_samples,
+            seconds,
+        )
+        if run.options.training.logger != "none":
+            accelerator.log(
+                {f"eval/{k}": v for k, v in metrics.items()} | {"eval/seconds": seconds}, step=run.global_step
+            )
+        stop = run.budget is not None and run.budget.stopped
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        stop = broadcast_object_list([stop])[0]
+    run.stopped = bool(stop)
+
+
+def _keep_for_budget(run: _Run, fraction: float) -> bool:
+    """Record an evaluation with the budget; whether its state must be kept (within budget, or the starting model
+    when even that exceeds it: something has to be saved)."""
+    within = run.budget.update(run.global_step, fraction)
+    if not within and run.budget.saved_step is None:
+        run.budget.saved_step, run.budget.saved_fraction = run.global_step, fraction
+        return True
+    return within
+
+
+def _save_budget_state(run: _Run, unwrapped: torch.nn.Module) -> None:
+    """The pipeline as evaluated now, into ``budget_state/`` (written under a hidden name, then renamed)."""
+    target = run.output_dir / BUDGET_STATE_DIR
+    partial = target.with_name(f".{BUDGET_STATE_DIR}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with disk_full_guard(partial, "memorization-budget state", kept="the previous state is kept"):
+        save_pipeline(unwrapped, run.scheduler, partial, run.data.modality, published_dir=run.output_dir)
+        if run.run_id:
+            # Restored as the run's pipeline when the budget stops training: it must carry this run's id.
+            stamp_weights_run_id(partial / "unet", run.run_id)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+def _restore_budget_state(run: _Run) -> None:
+    """Make the kept state the run's pipeline (a budget stop saves it instead of the last step's weights)."""
+    source = run.output_dir / BUDGET_STATE_DIR
+    for name in ("model_index.json", "unet", "scheduler"):
+        target = run.output_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        (shutil.copytree if (source / name).is_dir() else shutil.copy2)(source / name, target)
+
+
+def _record_budget(run: _Run) -> dict[str, Any]:
+    """The budget's outcome into ``training_config.json`` (read by the evaluation, the card and the history)."""
+    outcome = run.budget.to_dict()
+    path = run.output_dir / TRAINING_CONFIG_NAME
+    config = json.loads(path.read_text())
+    config[BUDGET_KEY] = outcome
+    write_json_atomic(path, config)
+    logger.info("memorization budget: %s", outcome["message"])
+    return outcome
 
 
 def _end_of_epoch(run: _Run, epoch: int) -> None:
@@ -1017,11 +1144,11 @@ def _run_epochs(run: _Run) -> float:
         if epoch == first_epoch and skip_batches:
             batches = batches[skip_batches:]
         for index in batches:
-            if run.global_step >= run.max_steps:
+            if run.global_step >= run.max_steps or run.stopped:
                 break
             _train_step(run, index, epoch, progress)
         _end_of_epoch(run, epoch)
-        if run.global_step >= run.max_steps:
+        if run.global_step >= run.max_steps or run.stopped:
             break
     progress.close()
     accelerator.wait_for_everyone()
@@ -1038,12 +1165,18 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
         # The state at the last step, so that a larger --max_train_steps extends the run exactly from there.
         _save_checkpoint(run)
     if accelerator.is_main_process:
-        _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality, run.run_id)
+        complete = {"global_step": run.global_step, "final_loss": run.last_loss, "train_seconds": result.train_seconds}
+        if run.budget is not None and run.budget.stopped:
+            _restore_budget_state(run)
+        else:
+            _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality, run.run_id)
+        if run.budget is not None:
+            if not run.budget.stopped:
+                run.budget.saved_step = run.global_step
+            complete[BUDGET_KEY] = _record_budget(run)
         # Written last: its presence tells sweeps that this run finished training.
-        write_json_atomic(
-            run.output_dir / TRAIN_COMPLETE_NAME,
-            {"global_step": run.global_step, "final_loss": run.last_loss, "train_seconds": result.train_seconds},
-        )
+        write_json_atomic(run.output_dir / TRAIN_COMPLETE_NAME, complete)
+        shutil.rmtree(run.output_dir / BUDGET_STATE_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     # Trackers are closed, but the process group is left alive: `end_training()` would destroy it, which breaks the
     # next cell of a sweep run in the same launch and, on gloo, sometimes left one rank hanging on its way out.
@@ -1105,8 +1238,15 @@ def _train_stages(run: _Run, plan: RunPlan) -> TrainResult:
     if plan.action in ("resume", "extend"):
         _resume(run, plan.checkpoint)
     _init_trackers(run)
-    train_seconds = _run_epochs(run)
+    fine_tuning = bool(run.options.model.pretrained_model_name_or_path)
+    if plan.action not in ("resume", "extend") and fine_tuning and _evaluates_along(run.options):
+        _evaluate_along(run)  # step 0: the pretrained model as it is
+    train_seconds = 0.0 if run.stopped else _run_epochs(run)
     return _finish(run, train_seconds)
+
+
+def _evaluates_along(options: TrainingOptions) -> bool:
+    return bool(options.evaluation.eval_every_steps)
 
 
 def _tracker_config(options: TrainingOptions) -> dict[str, Any]:

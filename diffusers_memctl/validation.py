@@ -129,6 +129,25 @@ def _validate_evaluation(options: TrainingOptions) -> None:
     _at_least(e, ("eval_batch_size", "pca_components", "js_bins"), 1)
     _at_least(e, ("num_inference_steps",), 1, optional=True)
     _in_range(e, "memorization_threshold", 0.0, 1.0, low_open=True, high_open=False)
+    _validate_eval_history(e)
+
+
+def _validate_eval_history(e: Any) -> None:
+    """``--eval_every_steps``, ``--eval_history_num_samples`` and the memorization budget."""
+    _at_least(e, ("eval_every_steps",), 0)
+    _at_least(e, ("eval_history_num_samples",), 2, optional=True)
+    if e.eval_every_steps and e.eval_num_samples == 0:
+        raise ValueError(
+            f"--eval_every_steps {e.eval_every_steps} needs --eval_num_samples >= 2 (the last row of "
+            "metrics_history.jsonl is the final evaluation)"
+        )
+    if e.max_memorized_fraction is not None:
+        _in_range(e, "max_memorized_fraction", 0.0, 1.0, low_open=False, high_open=True)
+        if not e.eval_every_steps:
+            raise ValueError(
+                f"--max_memorized_fraction {e.max_memorized_fraction} needs --eval_every_steps N (the budget is "
+                "checked at the along-training evaluations)"
+            )
 
 
 def _sampler_flag_names() -> dict[str, str]:
