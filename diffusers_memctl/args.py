@@ -204,6 +204,11 @@ class HubArguments:
     hub_model_id: str | None = _help("Repository id (user/name).", default=None)
     hub_private_repo: bool = _help("Create the repository as private.", default=False)
     push_checkpoints: bool = _help("Also push every checkpoint save (weights + configs only).", default=False)
+    license: str = _help(
+        "License of the published model: a Hub license id (apache-2.0, mit, cc-by-4.0, other ...), written to the "
+        "model card's metadata.",
+        default="apache-2.0",
+    )
 
 
 @dataclass

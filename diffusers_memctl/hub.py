@@ -39,6 +39,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
+
 __all__ = [
     "HubPushError",
     "PICKLE_SUFFIXES",
@@ -67,6 +69,8 @@ PAPER_CITATION = f"""@misc{{memctl2026,
 }}"""
 
 MODEL_CARD_TEMPLATE = "memctl_model_card.md"
+#: License written to cards when a run names none (`--license`).
+DEFAULT_LICENSE = "apache-2.0"
 SWEEP_CARD_TEMPLATE = "memctl_sweep_card.md"
 
 #: Keys of the `memctl:` metadata block: scheduler/argument names first, then the sampler summary.
@@ -75,7 +79,8 @@ MEMCTL_SAMPLER_KEYS = ("num_train_timesteps", "mu", "sigma", "p_tail")
 
 #: File suffixes that may hold pickles; never uploaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
-_UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
+#: `.py`: the custom code of 1D runs (`pipeline.py`, `unet/unet_1d_memctl.py`) that `trust_remote_code=True` loads.
+_UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt", ".py"})
 _EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
@@ -161,17 +166,38 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None]:
-    """(human name, model-index dataset type, Hub dataset id or None) of a run's training data."""
+def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None, str]:
+    """(human name, model-index dataset type, Hub dataset id or None, sentence on the data) of a run's training data.
+
+    Presets map to the Hub ids they load (`pokemon` -> `huggan/pokemon`); local data (the embedded digits, ECG5000's
+    UCR files, a folder) has no Hub id: the card says so in a sentence instead of a `datasets` entry.
+    """
     dataset_name = args.get("dataset_name")
-    if _looks_like_hub_id(dataset_name):
-        return dataset_name, dataset_name, dataset_name
-    if dataset_name:
-        return str(dataset_name), "custom", None
-    data_dir = args.get("train_data_dir") or args.get("data_dir")
+    local_dir = args.get("train_data_dir") if modality == "image" else None
+    key = str(dataset_name).lower() if dataset_name else None
+    if modality == "image" and not local_dir and key in IMAGE_DATASET_PRESETS:
+        hub_id = IMAGE_DATASET_PRESETS[key]
+        if hub_id:
+            return hub_id, hub_id, hub_id, f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id})"
+        return key, "local", None, f"`{key}`, embedded in diffusers-memctl (scikit-learn's 8x8 digits; not on the Hub)"
+    if modality == "signal" and key in SIGNAL_DATASET_PRESETS:
+        preset = SIGNAL_DATASET_PRESETS[key]
+        if preset.get("hub_id"):
+            hub_id = preset["hub_id"]
+            return hub_id, hub_id, hub_id, f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id})"
+        return key, "local", None, f"`{key}`, local files ({preset['description']} Source: {preset['source']})"
+    if not local_dir and _looks_like_hub_id(dataset_name):
+        return (
+            dataset_name,
+            dataset_name,
+            dataset_name,
+            (f"the Hub dataset [`{dataset_name}`](https://huggingface.co/datasets/{dataset_name})"),
+        )
+    data_dir = local_dir or args.get("data_dir") or dataset_name
     if data_dir:
-        return Path(str(data_dir)).name, "local-folder", None
-    return f"custom {modality} data", "custom", None
+        name = Path(str(data_dir)).name
+        return name, "local", None, f"`{name}`, a local folder (not on the Hub)"
+    return f"custom {modality} data", "local", None, f"custom {modality} data (not on the Hub)"
 
 
 def metrics_to_eval_results(
@@ -272,7 +298,7 @@ def render_model_card(
     model_name = (repo_id.split("/")[-1] if repo_id else run_dir.resolve().name) + (
         f"-{subfolder.strip('/').replace('/', '-')}" if subfolder else ""
     )
-    dataset_name, dataset_type, dataset_id = _dataset_identity(args, modality)
+    dataset_name, dataset_type, dataset_id, dataset_sentence = _dataset_identity(args, modality)
     base_model = args.get("pretrained_model_name_or_path")
     base_model = base_model if _looks_like_hub_id(base_model) else None
     task_type = "time-series-generation" if modality == "signal" else "unconditional-image-generation"
@@ -289,6 +315,7 @@ def render_model_card(
             "diffusers-memctl",
         ],
         datasets=[dataset_id] if dataset_id else None,
+        license=args.get("license") or DEFAULT_LICENSE,
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
@@ -313,7 +340,7 @@ def render_model_card(
         summary.append(f"mu = {sampler['mu']:.4g}, sigma = {sampler['sigma']:.4g}")
     if "p_tail" in sampler:
         summary.append(f"p_tail = {sampler['p_tail']:.3g}")
-    dataset_description = f"`{dataset_name}`" + (
+    dataset_description = dataset_sentence + (
         f", {data['num_samples']} samples of shape {data.get('sample_shape')}" if "num_samples" in data else ""
     )
     versions = config.get("versions") or {}
@@ -401,7 +428,7 @@ def render_sweep_card(
     cells = find_sweep_cells(sweep_dir)
     if not cells:
         raise FileNotFoundError(f"no run folders (with model_index.json or training_config.json) below {sweep_dir}")
-    rows, modality, datasets = [], "image", set()
+    rows, modality, datasets, licenses = [], "image", set(), set()
     metric_names: list[str] = []
     for cell in cells:
         config = _read_json(cell / "training_config.json") if (cell / "training_config.json").is_file() else {}
@@ -410,6 +437,7 @@ def render_sweep_card(
         dataset_id = _dataset_identity(args, modality)[2]
         if dataset_id:
             datasets.add(dataset_id)
+        licenses.add(args.get("license") or DEFAULT_LICENSE)
         metrics = dict(_flat_metrics(_read_json(cell / "metrics.json"))) if (cell / "metrics.json").is_file() else {}
         metric_names += [m for m in _MAIN_METRICS if m in metrics and m not in metric_names]
         rows.append((cell, args, sampler, metrics))
@@ -432,9 +460,11 @@ def render_sweep_card(
             "diffusers-memctl",
         ],
         datasets=sorted(datasets) or None,
+        # Cells of one sweep share the settings, the license included; mixed licenses are named as such.
+        license=licenses.pop() if len(licenses) == 1 else "other",
     )
     if modality == "signal":
-        pipeline_module, pipeline_class = "diffusers_memctl.pipelines", "DDPM1DPipeline"
+        pipeline_module, pipeline_class = "diffusers", "DiffusionPipeline"
     else:
         pipeline_module, pipeline_class = "diffusers", "DDPMPipeline"
     return ModelCard.from_template(
@@ -562,7 +592,8 @@ def plan_hub_commit(
     """The files of a run folder that a push uploads, as commit operations (pure: reads nothing but the listing).
 
     Kept: `*.safetensors`, `*.json` (pipeline configs, `training_config.json`, `metrics.json`), `*.jsonl`
-    (`loss_history.jsonl`), `*.npz` (`samples.npz`), `*.png` (`plots/`), `*.md` (`README.md`), `*.csv`, `*.txt`.
+    (`loss_history.jsonl`), `*.npz` (`samples.npz`), `*.png` (`plots/`), `*.md` (`README.md`), `*.csv`, `*.txt`,
+    `*.py` (the custom code of 1D runs).
     JSON files with secret-looking entries (`hub_token`, `*_secret`, `password`, `api_key`...) are uploaded with
     those values set to null (the local file is not changed). Refused with a warning: pickle formats (`.bin`, `.pt`, `.pth`, `.pkl`, `.pickle`, `.ckpt`, `.joblib`). Left out:
     hidden files and folders, tensorboard logs (`logs/`, `tensorboard/`, `events.out.tfevents.*`) and `checkpoints/`

@@ -471,6 +471,7 @@ PATH_SETTINGS = (
     "pretrained_model_name_or_path",
     "resume_from_checkpoint",
     "cache_dir",
+    "feature_cache_dir",
 )
 
 

@@ -35,7 +35,14 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
 from .methods import STUDY_METHODS, apply_method, resolve_method
-from .run_folder import resolve_published_args, run_lock, try_run_lock, write_json_atomic
+from .run_folder import (
+    publishable_args,
+    publishable_path,
+    resolve_published_args,
+    run_lock,
+    try_run_lock,
+    write_json_atomic,
+)
 
 __all__ = [
     "SweepCell",
@@ -212,9 +219,13 @@ def is_run_evaluated(run_dir: str | Path) -> bool:
 
 
 def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[str, Any]:
-    flat = {k: v for k, v in options.to_dict().items() if k not in _PER_CELL_KEYS}
+    # Local paths relative to the sweep folder, as in a run's training_config.json: nothing absolute is published.
+    sweep_dir = sweep.sweep_dir
+    flat = publishable_args({k: v for k, v in options.to_dict().items() if k not in _PER_CELL_KEYS}, sweep_dir)
     shared = {
-        k: v for k, v in vars(sweep).items() if k not in ("num_shards", "shard_index", "analyze_only", "sweep_dir")
+        k: publishable_path(v, sweep_dir) if k == "pretrained_run" else v
+        for k, v in vars(sweep).items()
+        if k not in ("num_shards", "shard_index", "analyze_only", "sweep_dir")
     }
     return {"training": flat, "sweep": shared}
 
@@ -538,6 +549,10 @@ def write_sweep_analysis(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    given = rows
+    # Written files name runs relative to `out_dir` (published files hold no absolute path); histories follow suit.
+    rows = [{**row, "run_dir": publishable_path(str(row["run_dir"]), out_dir)} for row in rows]
+    histories = {publishable_path(str(key), out_dir): value for key, value in (histories or {}).items()}
     write_results_csv(out_dir / "sweep_results.csv", rows)
     analysis = analyze_sweep(rows)
     # Every run of a sweep fine-tunes one pretrained model: its seeds are not independent replicates. Cell means
@@ -557,7 +572,7 @@ def write_sweep_analysis(
         else {}
     )
     write_sweep_report(out_dir, rows, analysis, figures)
-    return {"rows": rows, "analysis": analysis, "figures": figures}
+    return {"rows": given, "analysis": analysis, "figures": figures}
 
 
 def read_results_csv(path: str | Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .remote_code import PIPELINE_FILE, write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -43,6 +44,7 @@ from .run_folder import (
     list_checkpoints,
     load_state_file,
     publishable_args,
+    publishable_path,
     save_state_file,
     write_json_atomic,
     write_text_atomic,
@@ -183,7 +185,12 @@ def build_model(options: TrainingOptions, data: TrainingData) -> torch.nn.Module
 def _load_pretrained(model_cls: Any, source: str, options: TrainingOptions) -> torch.nn.Module:
     path = Path(source).expanduser()
     if path.exists():
-        return model_cls.from_pretrained(_find_unet_folder(path))
+        model = model_cls.from_pretrained(_find_unet_folder(path))
+        # diffusers records the local folder in `_name_or_path` (saved in unet/config.json): keep it relative.
+        model.register_to_config(
+            _name_or_path=publishable_path(str(_find_unet_folder(path)), options.training.output_dir)
+        )
+        return model
     # A Hub id: a pipeline repository keeps its UNet in the "unet" subfolder.
     try:
         return model_cls.from_pretrained(source, subfolder="unet", cache_dir=options.data.cache_dir)
@@ -248,7 +255,8 @@ def build_scheduler(
 
 
 def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output_dir: Path, modality: str) -> None:
-    """Save a pipeline that plain diffusers loads: `DDPMPipeline` (images) or `DDPM1DPipeline` (signals).
+    """Save a pipeline that plain diffusers loads: `DDPMPipeline` (images) or `DDPM1DPipeline` (signals, with its code
+    in the folder for `trust_remote_code=True`, see `diffusers_memctl.remote_code`).
 
     The scheduler is written as a plain `DDPMScheduler` (so `model_index.json` names only diffusers classes); the
     memctl keys stay in `scheduler_config.json`, where plain diffusers ignores them and `MemCtlDDPMScheduler`
@@ -264,12 +272,17 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    extra = []
+    if modality == "signal":
+        # `pipeline.py` + `unet/unet_1d_memctl.py`: plain diffusers loads the run with `trust_remote_code=True`.
+        write_remote_code(output_dir)
+        extra.append(output_dir / PIPELINE_FILE)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
     write_json_atomic(config_path, config)
     # safetensors writes 0600 files whatever the umask; a published model must be readable like any other file.
-    apply_umask(output_dir / "model_index.json", output_dir / "unet", output_dir / "scheduler")
+    apply_umask(output_dir / "model_index.json", output_dir / "unet", output_dir / "scheduler", *extra)
 
 
 def _versions() -> dict[str, str]:

@@ -210,7 +210,7 @@ def test_model_card_metadata_round_trips_to_metrics(tmp_path, modality):
         assert 'DDPMPipeline.from_pretrained("me/memctl-run")' in body.replace("'", '"')
     else:
         assert "base_model" not in meta and "datasets" not in meta  # local data is not a Hub dataset
-        assert "from diffusers_memctl.pipelines import DDPM1DPipeline" in body
+        assert 'DiffusionPipeline.from_pretrained("me/memctl-run", trust_remote_code=True)' in body.replace("'", '"')
 
 
 def test_model_card_without_metrics_and_with_custom_template(tmp_path):

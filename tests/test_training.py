@@ -345,6 +345,8 @@ def test_local_image_datasets(source, pokemon_files, tmp_path):
 
 
 def test_ecg5000_signals_train_reload_and_generate(shared_data, tmp_path):
+    from diffusers import DiffusionPipeline
+
     from diffusers_memctl.pipelines import DDPM1DPipeline
 
     run = tmp_path / "ecg"
@@ -356,7 +358,9 @@ def test_ecg5000_signals_train_reload_and_generate(shared_data, tmp_path):
     assert config["modality"] == "signal" and config["data"]["sample_shape"] == [1, 140]
     _assert_history(run, 3, 16)
 
-    pipeline = DDPM1DPipeline.from_pretrained(run)
+    # The run folder carries its code (pipeline.py, unet/unet_1d_memctl.py): diffusers asks for trust_remote_code.
+    pipeline = DiffusionPipeline.from_pretrained(run, trust_remote_code=True)
+    assert type(pipeline).__name__ == DDPM1DPipeline.__name__
     pipeline.set_progress_bar_config(disable=True)
     signals = pipeline(batch_size=3, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).signals
     assert signals.shape == (3, 1, 140)

@@ -7,9 +7,11 @@ used for the ECG5000 experiments of "Memorization Control in Diffusion Models fr
 call runs under `torch.inference_mode`; wrap it in `torch.autocast(device_type, dtype=torch.bfloat16)` to run the model
 in bf16 (the signals and the scheduler arithmetic stay in the model's dtype).
 
-Importing this module also imports `diffusers_memctl.models.unet_1d_memctl`, the module that `save_pretrained` records
-for the `unet` component in `model_index.json`; diffusers resolves that entry from `sys.modules`, so
-`DDPM1DPipeline.from_pretrained(folder)` needs no extra arguments.
+This module imports nothing from diffusers-memctl (only diffusers, torch and NumPy): run folders ship it verbatim as
+their `pipeline.py` (see `diffusers_memctl.remote_code`), so `DiffusionPipeline.from_pretrained(run,
+trust_remote_code=True)` loads a 1D run where diffusers-memctl is not installed. A pipeline saved with
+`save_pretrained` records `diffusers_memctl.models.unet_1d_memctl` for its `unet`, which diffusers resolves from
+`sys.modules` once `diffusers_memctl` is imported.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-
-from ..models.unet_1d_memctl import UNet1DMemCtlModel
 
 __all__ = ["DDPM1DPipeline", "SignalPipelineOutput"]
 
@@ -61,7 +62,7 @@ class DDPM1DPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet1DMemCtlModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
