@@ -40,6 +40,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
+from .distributed import describe_extensions, describe_layout
+from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
 
 __all__ = [
     "HubPushError",
@@ -69,8 +71,6 @@ PAPER_CITATION = f"""@misc{{memctl2026,
 }}"""
 
 MODEL_CARD_TEMPLATE = "memctl_model_card.md"
-#: License written to cards when a run names none (`--license`).
-DEFAULT_LICENSE = "apache-2.0"
 SWEEP_CARD_TEMPLATE = "memctl_sweep_card.md"
 
 #: Keys of the `memctl:` metadata block: scheduler/argument names first, then the sampler summary.
@@ -79,9 +79,10 @@ MEMCTL_SAMPLER_KEYS = ("num_train_timesteps", "mu", "sigma", "p_tail")
 
 #: File suffixes that may hold pickles; never uploaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
-#: `.py`: the custom code of 1D runs (`pipeline.py`, `unet/unet_1d_memctl.py`) that `trust_remote_code=True` loads.
-_UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt", ".py"})
-_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "__pycache__"})
+_UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
+#: Python files a run folder publishes: the remote code that lets diffusers load a signal pipeline on its own.
+_UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
+_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
 
@@ -166,38 +167,23 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None, str]:
-    """(human name, model-index dataset type, Hub dataset id or None, sentence on the data) of a run's training data.
-
-    Presets map to the Hub ids they load (`pokemon` -> `huggan/pokemon`); local data (the embedded digits, ECG5000's
-    UCR files, a folder) has no Hub id: the card says so in a sentence instead of a `datasets` entry.
-    """
+def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None]:
+    """(human name, model-index dataset type, Hub dataset id or None) of a run's training data."""
     dataset_name = args.get("dataset_name")
-    local_dir = args.get("train_data_dir") if modality == "image" else None
-    key = str(dataset_name).lower() if dataset_name else None
-    if modality == "image" and not local_dir and key in IMAGE_DATASET_PRESETS:
-        hub_id = IMAGE_DATASET_PRESETS[key]
-        if hub_id:
-            return hub_id, hub_id, hub_id, f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id})"
-        return key, "local", None, f"`{key}`, embedded in diffusers-memctl (scikit-learn's 8x8 digits; not on the Hub)"
-    if modality == "signal" and key in SIGNAL_DATASET_PRESETS:
-        preset = SIGNAL_DATASET_PRESETS[key]
-        if preset.get("hub_id"):
-            hub_id = preset["hub_id"]
-            return hub_id, hub_id, hub_id, f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id})"
-        return key, "local", None, f"`{key}`, local files ({preset['description']} Source: {preset['source']})"
-    if not local_dir and _looks_like_hub_id(dataset_name):
-        return (
-            dataset_name,
-            dataset_name,
-            dataset_name,
-            (f"the Hub dataset [`{dataset_name}`](https://huggingface.co/datasets/{dataset_name})"),
-        )
-    data_dir = local_dir or args.get("data_dir") or dataset_name
+    preset = str(dataset_name).lower() if dataset_name else None
+    if preset in IMAGE_DATASET_PRESETS or preset in SIGNAL_DATASET_PRESETS:
+        # A preset names its Hub dataset (pokemon -> huggan/pokemon); embedded and local presets (digits, ecg5000)
+        # have none, and a preset name must never pass for a Hub dataset id.
+        hub_id = IMAGE_DATASET_PRESETS.get(preset)
+        return (hub_id or str(dataset_name)), (hub_id or "custom"), hub_id
+    if _looks_like_hub_id(dataset_name):
+        return dataset_name, dataset_name, dataset_name
+    if dataset_name:
+        return str(dataset_name), "custom", None
+    data_dir = args.get("train_data_dir") or args.get("data_dir")
     if data_dir:
-        name = Path(str(data_dir)).name
-        return name, "local", None, f"`{name}`, a local folder (not on the Hub)"
-    return f"custom {modality} data", "local", None, f"custom {modality} data (not on the Hub)"
+        return Path(str(data_dir)).name, "local-folder", None
+    return f"custom {modality} data", "custom", None
 
 
 def metrics_to_eval_results(
@@ -298,7 +284,7 @@ def render_model_card(
     model_name = (repo_id.split("/")[-1] if repo_id else run_dir.resolve().name) + (
         f"-{subfolder.strip('/').replace('/', '-')}" if subfolder else ""
     )
-    dataset_name, dataset_type, dataset_id, dataset_sentence = _dataset_identity(args, modality)
+    dataset_name, dataset_type, dataset_id = _dataset_identity(args, modality)
     base_model = args.get("pretrained_model_name_or_path")
     base_model = base_model if _looks_like_hub_id(base_model) else None
     task_type = "time-series-generation" if modality == "signal" else "unconditional-image-generation"
@@ -315,7 +301,7 @@ def render_model_card(
             "diffusers-memctl",
         ],
         datasets=[dataset_id] if dataset_id else None,
-        license=args.get("license") or DEFAULT_LICENSE,
+        license=args.get("license") or "apache-2.0",
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
@@ -340,7 +326,7 @@ def render_model_card(
         summary.append(f"mu = {sampler['mu']:.4g}, sigma = {sampler['sigma']:.4g}")
     if "p_tail" in sampler:
         summary.append(f"p_tail = {sampler['p_tail']:.3g}")
-    dataset_description = dataset_sentence + (
+    dataset_description = f"`{dataset_name}`" + (
         f", {data['num_samples']} samples of shape {data.get('sample_shape')}" if "num_samples" in data else ""
     )
     versions = config.get("versions") or {}
@@ -355,6 +341,8 @@ def render_model_card(
         timestep_sampling=_memctl_metadata(args, sampler).get("timestep_sampling", "uniform"),
         sampler_summary=", ".join(summary),
         dataset_description=dataset_description,
+        layout_text=describe_layout(config.get("process_layout")),
+        extensions_text=describe_extensions(config.get("extensions")),
         load_source=source,
         needs_snapshot=bool(subfolder and repo_id),
         load_note=load_note,
@@ -364,6 +352,7 @@ def render_model_card(
         metric_rows=[(name, _format_value(value)) for name, value in metrics.items()],
         num_samples=metrics_doc.get("num_samples"),
         eval_seed=metrics_doc.get("seed"),
+        sample_check=(metrics_doc.get("sample_check") or {}).get("line"),
         feature_settings=(metrics_doc.get("settings") or {}).get("features"),
         feature_reference=[(k, _format_value(v)) for k, v in (metrics_doc.get("feature_reference") or {}).items()],
         plots=_plots(run_dir),
@@ -437,7 +426,7 @@ def render_sweep_card(
         dataset_id = _dataset_identity(args, modality)[2]
         if dataset_id:
             datasets.add(dataset_id)
-        licenses.add(args.get("license") or DEFAULT_LICENSE)
+        licenses.add(args.get("license") or "apache-2.0")
         metrics = dict(_flat_metrics(_read_json(cell / "metrics.json"))) if (cell / "metrics.json").is_file() else {}
         metric_names += [m for m in _MAIN_METRICS if m in metrics and m not in metric_names]
         rows.append((cell, args, sampler, metrics))
@@ -460,10 +449,11 @@ def render_sweep_card(
             "diffusers-memctl",
         ],
         datasets=sorted(datasets) or None,
-        # Cells of one sweep share the settings, the license included; mixed licenses are named as such.
+        # The cells of a sweep share their settings, the license included; mixed licenses read as "other".
         license=licenses.pop() if len(licenses) == 1 else "other",
     )
     if modality == "signal":
+        # Each signal cell carries its remote code: plain diffusers loads it (the template adds the two arguments).
         pipeline_module, pipeline_class = "diffusers", "DiffusionPipeline"
     else:
         pipeline_module, pipeline_class = "diffusers", "DDPMPipeline"
@@ -503,6 +493,16 @@ def write_sweep_card(sweep_dir: str | os.PathLike, **kwargs: Any) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 # Pushes
 # ----------------------------------------------------------------------------------------------------------------
+def _is_remote_code(path: Path) -> bool:
+    """A signal pipeline's remote-code copy, in its place beside the pipeline's `model_index.json`."""
+    for relative in _UPLOAD_CODE:
+        depth = len(PurePosixPath(relative).parts)
+        pipeline_root = path.parents[depth - 1]
+        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / "model_index.json").is_file():
+            return True
+    return False
+
+
 def _walk_uploadable(
     folder: Path, *, include_checkpoints: bool, skip_dirs: frozenset[Path] = frozenset()
 ) -> tuple[list[Path], list[Path]]:
@@ -525,6 +525,8 @@ def _walk_uploadable(
             if suffix in PICKLE_SUFFIXES:
                 refused.append(path)
             elif suffix in _UPLOAD_SUFFIXES and not name.startswith((".", "events.out.tfevents")) and path.is_file():
+                keep.append(path)
+            elif _is_remote_code(path):
                 keep.append(path)
             else:
                 logger.info("not uploading %s (not a weights/config/metrics/plot/report file)", path)
@@ -592,8 +594,7 @@ def plan_hub_commit(
     """The files of a run folder that a push uploads, as commit operations (pure: reads nothing but the listing).
 
     Kept: `*.safetensors`, `*.json` (pipeline configs, `training_config.json`, `metrics.json`), `*.jsonl`
-    (`loss_history.jsonl`), `*.npz` (`samples.npz`), `*.png` (`plots/`), `*.md` (`README.md`), `*.csv`, `*.txt`,
-    `*.py` (the custom code of 1D runs).
+    (`loss_history.jsonl`), `*.npz` (`samples.npz`), `*.png` (`plots/`), `*.md` (`README.md`), `*.csv`, `*.txt`.
     JSON files with secret-looking entries (`hub_token`, `*_secret`, `password`, `api_key`...) are uploaded with
     those values set to null (the local file is not changed). Refused with a warning: pickle formats (`.bin`, `.pt`, `.pth`, `.pkl`, `.pickle`, `.ckpt`, `.joblib`). Left out:
     hidden files and folders, tensorboard logs (`logs/`, `tensorboard/`, `events.out.tfevents.*`) and `checkpoints/`

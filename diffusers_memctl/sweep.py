@@ -219,14 +219,14 @@ def is_run_evaluated(run_dir: str | Path) -> bool:
 
 
 def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[str, Any]:
-    # Local paths relative to the sweep folder, as in a run's training_config.json: nothing absolute is published.
-    sweep_dir = sweep.sweep_dir
+    """What every cell shares, with local paths relative to the sweep folder (``sweep_config.json`` is published)."""
+    sweep_dir = Path(sweep.sweep_dir)
     flat = publishable_args({k: v for k, v in options.to_dict().items() if k not in _PER_CELL_KEYS}, sweep_dir)
     shared = {
-        k: publishable_path(v, sweep_dir) if k == "pretrained_run" else v
-        for k, v in vars(sweep).items()
-        if k not in ("num_shards", "shard_index", "analyze_only", "sweep_dir")
+        k: v for k, v in vars(sweep).items() if k not in ("num_shards", "shard_index", "analyze_only", "sweep_dir")
     }
+    if shared.get("pretrained_run"):
+        shared["pretrained_run"] = publishable_path(shared["pretrained_run"], sweep_dir)
     return {"training": flat, "sweep": shared}
 
 
@@ -479,7 +479,14 @@ def _pretrain_seed(source: str | None) -> int | None:
 
 
 def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed."""
+    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed.
+
+    ``run_dir`` is written relative to the CSV's folder (the file is published); :func:`read_results_csv` resolves it.
+    """
+    rows = [
+        {**row, "run_dir": publishable_path(row["run_dir"], path.parent)} if row.get("run_dir") else row
+        for row in rows
+    ]
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
@@ -549,10 +556,6 @@ def write_sweep_analysis(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    given = rows
-    # Written files name runs relative to `out_dir` (published files hold no absolute path); histories follow suit.
-    rows = [{**row, "run_dir": publishable_path(str(row["run_dir"]), out_dir)} for row in rows]
-    histories = {publishable_path(str(key), out_dir): value for key, value in (histories or {}).items()}
     write_results_csv(out_dir / "sweep_results.csv", rows)
     analysis = analyze_sweep(rows)
     # Every run of a sweep fine-tunes one pretrained model: its seeds are not independent replicates. Cell means
@@ -572,7 +575,7 @@ def write_sweep_analysis(
         else {}
     )
     write_sweep_report(out_dir, rows, analysis, figures)
-    return {"rows": given, "analysis": analysis, "figures": figures}
+    return {"rows": rows, "analysis": analysis, "figures": figures}
 
 
 def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -590,6 +593,9 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
                     row[key] = int(number) if key == "seed" else number
                 except ValueError:
                     row[key] = value
+            run_dir = row.get("run_dir")
+            if isinstance(run_dir, str) and not Path(run_dir).is_absolute() and (Path(path).parent / run_dir).exists():
+                row["run_dir"] = str((Path(path).parent / run_dir).resolve())
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no result row")

@@ -7,11 +7,13 @@ used for the ECG5000 experiments of "Memorization Control in Diffusion Models fr
 call runs under `torch.inference_mode`; wrap it in `torch.autocast(device_type, dtype=torch.bfloat16)` to run the model
 in bf16 (the signals and the scheduler arithmetic stay in the model's dtype).
 
-This module imports nothing from diffusers-memctl (only diffusers, torch and NumPy): run folders ship it verbatim as
-their `pipeline.py` (see `diffusers_memctl.remote_code`), so `DiffusionPipeline.from_pretrained(run,
-trust_remote_code=True)` loads a 1D run where diffusers-memctl is not installed. A pipeline saved with
-`save_pretrained` records `diffusers_memctl.models.unet_1d_memctl` for its `unet`, which diffusers resolves from
-`sys.modules` once `diffusers_memctl` is imported.
+This file imports nothing of diffusers-memctl: run folders carry a verbatim copy of it (and of the UNet's module) as
+diffusers remote code, so that `DiffusionPipeline.from_pretrained(run, trust_remote_code=True)` works where
+diffusers-memctl is not installed (see `diffusers_memctl.pipelines.remote_code`). Importing
+`diffusers_memctl.pipelines` also imports `diffusers_memctl.models.unet_1d_memctl`, the module that `save_pretrained`
+records for the `unet` component when a pipeline object is saved; diffusers resolves that entry from `sys.modules`.
+A run folder instead names the folder's own copy (`unet/unet_1d_memctl.py`), so loading one needs
+`trust_remote_code=True`, with this class as with `DiffusionPipeline`.
 """
 
 from __future__ import annotations
