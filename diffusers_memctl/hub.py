@@ -425,7 +425,7 @@ def render_sweep_card(
     cells = find_sweep_cells(sweep_dir)
     if not cells:
         raise FileNotFoundError(f"no run folders (with model_index.json or training_config.json) below {sweep_dir}")
-    rows, modality, datasets = [], "image", set()
+    rows, modality, datasets, licenses = [], "image", set(), set()
     metric_names: list[str] = []
     for cell in cells:
         config = _read_json(cell / "training_config.json") if (cell / "training_config.json").is_file() else {}
@@ -434,6 +434,7 @@ def render_sweep_card(
         dataset_id = _dataset_identity(args, modality)[2]
         if dataset_id:
             datasets.add(dataset_id)
+        licenses.add(args.get("license") or "apache-2.0")
         metrics = dict(_flat_metrics(_read_json(cell / "metrics.json"))) if (cell / "metrics.json").is_file() else {}
         metric_names += [m for m in _MAIN_METRICS if m in metrics and m not in metric_names]
         rows.append((cell, args, sampler, metrics))
@@ -456,9 +457,12 @@ def render_sweep_card(
             "diffusers-memctl",
         ],
         datasets=sorted(datasets) or None,
+        # The cells of a sweep share their settings, the license included; mixed licenses read as "other".
+        license=licenses.pop() if len(licenses) == 1 else "other",
     )
     if modality == "signal":
-        pipeline_module, pipeline_class = "diffusers_memctl.pipelines", "DDPM1DPipeline"
+        # Each signal cell carries its remote code: plain diffusers loads it (the template adds the two arguments).
+        pipeline_module, pipeline_class = "diffusers", "DiffusionPipeline"
     else:
         pipeline_module, pipeline_class = "diffusers", "DDPMPipeline"
     return ModelCard.from_template(

@@ -255,7 +255,12 @@ def _model_from_config(model_cls: Any, options: TrainingOptions, data: TrainingD
 def _load_pretrained(model_cls: Any, source: str, options: TrainingOptions) -> torch.nn.Module:
     path = Path(source).expanduser()
     if path.exists():
-        return model_cls.from_pretrained(_find_unet_folder(path))
+        model = model_cls.from_pretrained(_find_unet_folder(path))
+        # diffusers records the local folder in `_name_or_path`; every config saved from here on (checkpoints'
+        # `unet/`, `unet_ema/` included) names it relative to the run's `unet/`, as `save_pipeline` does.
+        unet_dir = Path(options.training.output_dir) / "unet"
+        model.register_to_config(_name_or_path=publishable_path(str(_find_unet_folder(path)), unet_dir))
+        return model
     # A Hub id: a pipeline repository keeps its UNet in the "unet" subfolder.
     try:
         return model_cls.from_pretrained(source, subfolder="unet", cache_dir=options.data.cache_dir)

@@ -251,5 +251,9 @@ def validate_options(options: TrainingOptions) -> None:
     _validate_data_and_model(options)
     _validate_sampling(options)
     _validate_evaluation(options)
+    if not isinstance(options.hub.license, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", options.hub.license):
+        raise ValueError(
+            f"--license must be a Hub license id such as 'apache-2.0', 'mit' or 'other', got {options.hub.license!r}"
+        )
     if options.hub.push_to_hub and not options.hub.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
