@@ -389,7 +389,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as err:
-            raise ValueError(f"reading {path} needs PyYAML (pip install pyyaml), or use a JSON config") from err
+            raise ValueError(
+                f"--config {path} needs PyYAML: pip install 'diffusers-memctl[yaml]' (or use a JSON config)"
+            ) from err
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
