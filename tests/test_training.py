@@ -571,7 +571,7 @@ def test_unknown_dataset_name_is_a_clear_error(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="no_such_dataset_xyz") as excinfo:
         main(_argv(run, "--dataset_name", "no_such_dataset_xyz"))
-    assert "digits" in str(excinfo.value)  # names the valid presets
+    assert "digits" in str(excinfo.value) and "ecg5000" in str(excinfo.value)  # names every valid preset
     assert not run.exists()
 
 

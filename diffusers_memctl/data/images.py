@@ -26,6 +26,8 @@ from datasets.data_files import EmptyDatasetError
 from diffusers.utils import logging
 from PIL import Image as PILImage
 
+from .ucr import SIGNAL_DATASET_PRESETS
+
 logger = logging.get_logger(__name__)
 
 IMAGE_DATASET_PRESETS: dict[str, str | None] = {
@@ -141,6 +143,11 @@ def _hub_is_offline() -> bool:
     return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or datasets.config.HF_DATASETS_OFFLINE)
 
 
+def _valid_presets() -> list[str]:
+    """Every `--dataset_name` preset, image and signal (an error listing presets must not omit ecg5000)."""
+    return sorted({*IMAGE_DATASET_PRESETS, *SIGNAL_DATASET_PRESETS})
+
+
 def _load_hub(repo_id: str, name: str, split: str, cache_dir: str | None) -> datasets.Dataset:
     try:
         return datasets.load_dataset(repo_id, split=split, cache_dir=cache_dir)
@@ -153,7 +160,7 @@ def _load_hub(repo_id: str, name: str, split: str, cache_dir: str | None) -> dat
         )
         raise ValueError(
             f"Could not load the dataset {name!r}: it is not a local path and loading {repo_id!r} from the Hub "
-            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: {sorted(IMAGE_DATASET_PRESETS)}; "
+            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: {_valid_presets()}; "
             "otherwise pass a Hub dataset id or an existing local path (imagefolder directory, parquet/arrow "
             "file(s) or a `save_to_disk` folder)."
         ) from error
@@ -243,7 +250,7 @@ def load_image_dataset(
         elif name.startswith((".", "/", "~")) or "\\" in name:
             raise FileNotFoundError(
                 f"dataset_name {name!r} looks like a local path but does not exist; valid presets: "
-                f"{sorted(IMAGE_DATASET_PRESETS)}, or a Hub dataset id."
+                f"{_valid_presets()}, or a Hub dataset id."
             )
         else:
             dataset = _load_hub(name, name, split, cache_dir)
