@@ -8,10 +8,11 @@
 #   bash scripts/main_job.sh [OUTPUT_DIR] [extra flags for sweep_ci_grid.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
 out="${1:-runs/main_job}"
 shift || true
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e ".[plot]"
+python -m pip install --quiet --disable-pip-version-check -e .   # the core install has all the job needs
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   training_scripts/sweep_ci_grid.py \
   --sweep_dir "$out" --dataset_name digits --resolution 8 --model_preset tiny \
@@ -20,5 +21,6 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
   --train_batch_size 16 --lr_warmup_steps 100 --ema_max_decay 0.999 --checkpointing_steps 200 \
   --eval_num_samples 500 --num_inference_steps 50 --save_images_epochs 0 --logger tensorboard "$@"
 echo
+echo "main job: $((SECONDS - start)) s wall, installs included"
 echo "Results: $out/REPORT.md (figures in $out/figures; the pretrained model and one run folder per method in"
 echo "$out/n00016-p0/). Each run folder loads with diffusers.DDPMPipeline.from_pretrained(<folder>)."
