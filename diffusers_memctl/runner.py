@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .after_training import run_step_after_training
 from .args import TrainingOptions
 from .distributed import process_state
 from .run_folder import launch_lock
@@ -76,26 +77,35 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
+    """Evaluation, model card and push, each after the pipeline is saved: a failure names the step and its rerun."""
     from .hub import write_model_card
 
     output_dir = Path(options.training.output_dir)
+    repo_id = options.hub.hub_model_id
     report = None
     evaluated = (output_dir / "metrics.json").is_file()
     if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
-        report = evaluate_options(options, progress=progress, training_data=data)
+        report = run_step_after_training(
+            "evaluation", output_dir, lambda: evaluate_options(options, progress=progress, training_data=data)
+        )
     if result.already_finished and evaluated:
         return None
-    write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
+    run_step_after_training("model card", output_dir, lambda: write_model_card(output_dir, repo_id=repo_id))
     if options.hub.push_to_hub:
         from .hub import push_to_hub
 
-        if not options.hub.hub_model_id:
+        if not repo_id:
             raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
-        url = push_to_hub(
-            options.training.output_dir,
-            options.hub.hub_model_id,
-            private=options.hub.hub_private_repo,
-            include_checkpoints=options.hub.push_checkpoints,
+        url = run_step_after_training(
+            "push",
+            output_dir,
+            lambda: push_to_hub(
+                output_dir,
+                repo_id,
+                private=options.hub.hub_private_repo,
+                include_checkpoints=options.hub.push_checkpoints,
+            ),
+            repo_id=repo_id,
         )
-        logger.info("pushed %s to %s", options.training.output_dir, url)
+        logger.info("pushed %s to %s", output_dir, url)
     return report

@@ -760,10 +760,9 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
     t_args = run.options.training
     if run.accelerator.is_main_process and run.global_step > 0:
         is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
-        if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-            _save_preview(
-                run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
-            )
+        # The last epoch's preview is drawn by `_finish`, after the pipeline is saved.
+        if t_args.save_images_epochs and not is_last and (epoch + 1) % t_args.save_images_epochs == 0:
+            _preview_or_warn(run, epoch)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
             _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
 
@@ -815,6 +814,8 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
             run.output_dir / TRAIN_COMPLETE_NAME,
             {"global_step": run.global_step, "final_loss": run.last_loss, "train_seconds": result.train_seconds},
         )
+        if run.options.training.save_images_epochs:
+            _preview_or_warn(run, max(run.global_step - 1, 0) // run.steps_per_epoch)
     accelerator.wait_for_everyone()
     # Trackers are closed, but the process group is left alive: `end_training()` would destroy it, which breaks the
     # next cell of a sweep run in the same launch and, on gloo, sometimes left one rank hanging on its way out.
@@ -922,12 +923,21 @@ def _save_final(accelerator, model, ema, scheduler, output_dir: Path, modality: 
             ema.restore(unwrapped.parameters())
 
 
+def _preview_or_warn(run: _Run, epoch: int) -> None:
+    """A sample preview; one that cannot be drawn (e.g. matplotlib missing) is a warning, never a lost run."""
+    try:
+        _save_preview(run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options)
+    except ImportError as error:
+        logger.warning("sample preview skipped (%s); training goes on", error)
+
+
 @torch.no_grad()
 def _save_preview(
     accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options
 ) -> None:
     """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/``."""
     from .generation import generate_samples
+    from .metrics import nearest_neighbors
     from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
@@ -947,7 +957,12 @@ def _save_preview(
             mixed_precision=options.training.mixed_precision,
         )
         if data.modality == "image":
-            figure = plot_image_nn_grid(generated.numpy(), data.samples[:16].numpy(), max_items=16)
+            # The bottom row is each sample's nearest training sample, as the grid's title says.
+            distances, indices = nearest_neighbors(generated, data.samples, k=1)
+            nearest = data.samples[indices[:, 0].cpu()].numpy()
+            figure = plot_image_nn_grid(
+                generated.numpy(), nearest, max_items=16, distances=distances[:, 0].cpu().numpy()
+            )
         else:
             figure = plot_signal_overlay(generated.numpy(), data.samples[:200].numpy())
         save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")

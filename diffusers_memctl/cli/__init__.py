@@ -18,6 +18,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, 
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..after_training import StepAfterTrainingError
     from ..run_folder import CheckpointError, DiskFullError, RunFolderBusyError, UnsafeCheckpointError
     from ..training import NonFiniteLossError
 
@@ -28,6 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunFolderBusyError,
         UnsafeCheckpointError,
         NonFiniteLossError,
+        StepAfterTrainingError,
     )
 
 
