@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .run_folder import resolve_published_args
+
 __all__ = [
     "DEFAULT_SAMPLER_SPECS",
     "GRADIENT_PROFILE_NAME",
@@ -702,7 +704,8 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
     defaults = DataArguments()
     config_file = path / "training_config.json"
     if config_file.is_file():
-        run_args = json.loads(config_file.read_text()).get("args", {})
+        # Paths in the config are stored relative to the run folder: resolved from there, not from the cwd.
+        run_args = resolve_published_args(json.loads(config_file.read_text()).get("args", {}), path)
         values = {f.name: run_args.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(DataArguments)}
         if data_args is not None:
             values.update(

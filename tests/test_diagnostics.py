@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler
 from scipy.stats import norm
 
 from diffusers_memctl.cli import diagnose as diagnose_cli
+from diffusers_memctl.cli import evaluate as evaluate_cli
 from diffusers_memctl.cli import train as train_cli
 from diffusers_memctl.diagnostics import (
     GRADIENT_PROFILE_SCHEMA_VERSION,
@@ -275,6 +276,23 @@ def test_cli_writes_profile_and_figures(tiny_runs, tmp_path, modality):
     assert content["bins"] == written["bins"]
     for name in ("gradient_profile.png", "gradient_contribution.png"):
         assert (run / "plots" / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_resolves_the_runs_relative_data_dir_from_another_working_directory(tiny_runs, tmp_path, monkeypatch):
+    # training_config.json stores data_dir relative to the run folder; it must be read from there, not from the cwd
+    # (a cwd deeper than the run folder, so that the relative path cannot happen to resolve from it).
+    run = tiny_runs["signal"]
+    stored = json.loads((run / "training_config.json").read_text())["args"]["data_dir"]
+    assert not Path(stored).is_absolute()
+    elsewhere = tmp_path.joinpath(*"abcdefghijklmnop")
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    argv = [str(run), "--num_bins", "2", "--num_batches", "3", "--diagnose_batch_size", "4", "--per_sample_batches",
+            "1", "--samplers", "uniform", "--device", "cpu", "--output_dir", str(tmp_path / "out"), "--no_plots"]  # fmt: skip
+    diagnose_cli.main(argv)
+    assert (tmp_path / "out" / "gradient_profile.json").is_file()
+    report = evaluate_cli.main([str(run), "--eval_num_samples", "8", "--num_inference_steps", "2", "--no_plots"])
+    assert report["settings"]["num_training_samples"] == 48
 
 
 def test_cli_rejects_bad_input(tiny_runs, tmp_path):

@@ -23,7 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 # Core dependencies needed at run time that no module imports by name, with the reason.
 RUNTIME_ONLY = {"tensorboard": "accelerate's TensorBoard tracker, the default --logger"}
-FIRST_PARTY = {"diffusers_memctl", "tests", "hub_fixtures", "hub_stand_in", "conftest"}
+# Our own modules: the package and the helper modules of tests/ (imported by name from there).
+FIRST_PARTY = {"diffusers_memctl", *(p.stem for p in (REPO_ROOT / "tests").glob("*.py"))}
 
 
 def _name(requirement: str) -> str:
@@ -157,3 +158,13 @@ def test_the_guard_detector_sees_an_unguarded_import(tmp_path):
     assert [(m, line) for m, line, _ in found] == [("yaml", 2), ("yaml", 5)]
     assert _guard_extras(found[0][2]) == set()
     assert _guard_extras(found[1][2]) == {"yaml"}
+
+
+def test_tests_that_need_shared_data_skip_with_one_line_when_it_is_absent(tmp_path):
+    from shared_data import shared_data_or_skip
+
+    assert shared_data_or_skip(tmp_path) == tmp_path
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        shared_data_or_skip(tmp_path / "absent")
+    reason = str(skipped.value)
+    assert "../shared/data" in reason and str(tmp_path / "absent") in reason and "\n" not in reason
