@@ -29,6 +29,7 @@ from .run_folder import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from .sample_distance import sample_distance_summary
 
 __all__ = [
     "METRICS_SCHEMA_VERSION",
@@ -393,12 +394,15 @@ def _generate_and_measure(
         # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
         # against these).
         "reference": reference,
+        # One line: far from the data, near it, or closer than the data to itself (see sample_distance.py).
+        "sample_distance": sample_distance_summary(metrics, reference),
         # No run_dir: the report lives in the run folder, and a local path must not be published with it.
         "run": {
             "modality": modality,
             "sampler": config.get("sampler", {}),
         },
     }
+    logger.info("%s: %s", run_path.name, report["sample_distance"]["line"])
     if features is not None:
         report["settings"]["features"] = features.settings
         report["feature_reference"] = features.reference

@@ -39,6 +39,8 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .sample_distance import sample_distance_summary
+
 __all__ = [
     "HubPushError",
     "PICKLE_SUFFIXES",
@@ -337,6 +339,11 @@ def render_model_card(
         metric_rows=[(name, _format_value(value)) for name, value in metrics.items()],
         num_samples=metrics_doc.get("num_samples"),
         eval_seed=metrics_doc.get("seed"),
+        sample_distance_line=(
+            sample_distance_summary(metrics_doc.get("metrics") or {}, metrics_doc.get("reference"))["line"]
+            if metrics_doc
+            else None
+        ),
         feature_settings=(metrics_doc.get("settings") or {}).get("features"),
         feature_reference=[(k, _format_value(v)) for k, v in (metrics_doc.get("feature_reference") or {}).items()],
         plots=_plots(run_dir),
