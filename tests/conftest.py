@@ -5,12 +5,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_data import SHARED_DATA, shared_data_or_skip
 
 # Tests must never reach the network; the Hub stand-in tests use loopback only.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(2)
+
+# The real ECG5000 and Pokemon files live beside the clone (../shared/data); MEMCTL_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get("MEMCTL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def shared_data_dir(path: Path) -> Path:
+    """`path` when it is a folder; otherwise skip the calling test with a one-line reason."""
+    if not path.is_dir():
+        pytest.skip(
+            f"needs the real data in ../shared/data (not found at {path}; set MEMCTL_SHARED_DATA to use another)"
+        )
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +37,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; a test that needs it is skipped with a one-line reason where it is absent."""
-    return shared_data_or_skip(SHARED_DATA)
+    return shared_data_dir(SHARED_DATA)
 
 
 def _is_loopback(address) -> bool:

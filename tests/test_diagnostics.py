@@ -14,7 +14,6 @@ from diffusers import DDPMScheduler
 from scipy.stats import norm
 
 from diffusers_memctl.cli import diagnose as diagnose_cli
-from diffusers_memctl.cli import evaluate as evaluate_cli
 from diffusers_memctl.cli import train as train_cli
 from diffusers_memctl.diagnostics import (
     GRADIENT_PROFILE_SCHEMA_VERSION,
@@ -278,23 +277,6 @@ def test_cli_writes_profile_and_figures(tiny_runs, tmp_path, modality):
         assert (run / "plots" / name).read_bytes()[:8] == PNG_MAGIC
 
 
-def test_cli_resolves_the_runs_relative_data_dir_from_another_working_directory(tiny_runs, tmp_path, monkeypatch):
-    # training_config.json stores data_dir relative to the run folder; it must be read from there, not from the cwd
-    # (a cwd deeper than the run folder, so that the relative path cannot happen to resolve from it).
-    run = tiny_runs["signal"]
-    stored = json.loads((run / "training_config.json").read_text())["args"]["data_dir"]
-    assert not Path(stored).is_absolute()
-    elsewhere = tmp_path.joinpath(*"abcdefghijklmnop")
-    elsewhere.mkdir(parents=True)
-    monkeypatch.chdir(elsewhere)
-    argv = [str(run), "--num_bins", "2", "--num_batches", "3", "--diagnose_batch_size", "4", "--per_sample_batches",
-            "1", "--samplers", "uniform", "--device", "cpu", "--output_dir", str(tmp_path / "out"), "--no_plots"]  # fmt: skip
-    diagnose_cli.main(argv)
-    assert (tmp_path / "out" / "gradient_profile.json").is_file()
-    report = evaluate_cli.main([str(run), "--eval_num_samples", "8", "--num_inference_steps", "2", "--no_plots"])
-    assert report["settings"]["num_training_samples"] == 48
-
-
 def test_cli_rejects_bad_input(tiny_runs, tmp_path):
     run = tiny_runs["image"]
     with pytest.raises(ValueError, match="timestep_mode"):
@@ -364,3 +346,19 @@ def test_cli_profiles_every_run_of_a_sweep_folder(tiny_runs, tmp_path):
     assert len(result["runs"]) == 2
     with pytest.raises(ValueError, match="--output_dir"):
         diagnose_cli.main([str(sweep), "--output_dir", str(tmp_path / "x")])
+
+
+def test_cli_resolves_the_runs_data_against_the_run_folder_not_the_cwd(tiny_runs, tmp_path, monkeypatch):
+    # training_config.json stores data_dir relative to the run folder. From a working directory deeper than the run,
+    # resolving that path against the cwd names a folder that does not exist.
+    run = Path(shutil.copytree(tiny_runs["signal"], tmp_path / "signal"))
+    stored = json.loads((run / "training_config.json").read_text())["args"]["data_dir"]
+    assert not Path(stored).is_absolute()
+    deep = tmp_path.joinpath(*"abcdefghijklmnop")
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert not Path(stored).exists()
+    argv = [str(run), "--num_bins", "2", "--num_batches", "3", "--diagnose_batch_size", "4",
+            "--per_sample_batches", "1", "--samplers", "uniform", "--device", "cpu", "--no_plots"]  # fmt: skip
+    content = diagnose_cli.main(argv)
+    assert content["settings"]["source"]["modality"] == "signal"

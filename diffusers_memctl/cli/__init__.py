@@ -18,18 +18,18 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, 
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..after_training import StepAfterTrainingError
     from ..run_folder import CheckpointError, DiskFullError, RunFolderBusyError, UnsafeCheckpointError
+    from ..runner import AfterTrainingError
     from ..training import NonFiniteLossError
 
     return (
         *_USER_ERRORS,
+        AfterTrainingError,
         CheckpointError,
         DiskFullError,
         RunFolderBusyError,
         UnsafeCheckpointError,
         NonFiniteLossError,
-        StepAfterTrainingError,
     )
 
 

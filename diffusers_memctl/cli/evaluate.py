@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from ..args import EvaluationArguments, parse_arguments
-from ..hub import write_model_card
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +16,7 @@ def _positional(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/`` (and a local run's model card)."""
+    """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/``; returns the report."""
     from ..evaluation import evaluate_run, evaluation_kwargs
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -29,9 +27,6 @@ def main(argv: list[str] | None = None) -> dict:
         device=rest.device,
         make_plots=not rest.no_plots,
     )
-    if (Path(rest.run_dir) / "training_config.json").is_file():
-        # The card shows the metrics: a local run's card is rewritten with the new ones.
-        write_model_card(rest.run_dir)
     for name, value in report["metrics"].items():
         print(f"{name:28s} {value:.6g}")
     return report
