@@ -1406,6 +1406,7 @@ def _save_preview(
 ) -> None:
     """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/`` and the tracker."""
     from .generation import generate_samples
+    from .metrics import nearest_neighbors
     from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
@@ -1425,9 +1426,12 @@ def _save_preview(
             mixed_precision=options.training.mixed_precision,
         )
         if data.modality == "image":
-            # As many samples as the training set has, when it has fewer than 16.
-            shown = min(16, data.samples.shape[0])
-            figure = plot_image_nn_grid(generated[:shown].numpy(), data.samples[:shown].numpy(), max_items=shown)
+            # The bottom row is each sample's nearest training sample, as the grid's title says (not the first 16).
+            distances, indices = nearest_neighbors(generated, data.samples, k=1)
+            nearest = data.samples[indices[:, 0].cpu()].numpy()
+            figure = plot_image_nn_grid(
+                generated.numpy(), nearest, max_items=16, distances=distances[:, 0].cpu().numpy()
+            )
         else:
             figure = plot_signal_overlay(generated.numpy(), data.samples[:200].numpy())
         path = save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..args import EvaluationArguments, parse_arguments
+from ..hub import write_model_card
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +18,7 @@ def _positional(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/``; returns the report."""
+    """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/`` and a local run's card; returns the report."""
     from ..evaluation import evaluate_run, evaluation_kwargs
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
         device=rest.device,
         make_plots=not rest.no_plots,
     )
+    if (Path(rest.run_dir) / "training_config.json").is_file():
+        # The card shows the metrics: a local run's card is rewritten with the new ones (and written when a failed
+        # evaluation after training left none).
+        write_model_card(rest.run_dir)
     for name, value in report["metrics"].items():
         print(f"{name:28s} {value:.6g}")
     return report
