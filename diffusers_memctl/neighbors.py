@@ -44,14 +44,14 @@ _MAX_COMPONENTS = 256
 _FEATURES_PER_COMPONENT = 24
 _MIN_COMPONENTS = 8
 # Rows of the subsample the basis is fitted on (its Gram matrix is `s x s`), and of the cheap pre-check.
-_BASIS_ROWS = 1024
+_BASIS_ROWS = 512
 _CHECK_ROWS = 256
 # Share of held-out variance the pre-check basis must capture for an index to be built (uniform noise: ~p / D).
 _MIN_CAPTURED_VARIANCE = 0.5
 # Below this training-set size (M x D values) brute force is fast enough that no index is built implicitly.
 _MIN_INDEXED_ELEMENTS = 1 << 22
 # Features per float32 projection block: the error bound grows with the block length (gamma_B).
-_PROJECTION_K_BLOCK = 256
+_PROJECTION_K_BLOCK = 1024
 # Element budgets of temporaries: bound matrix chunks (work dtype) and exact-distance blocks (float64). Below glibc's
 # mmap threshold (32 MiB), so freed blocks are reused instead of page-faulted in again.
 _BOUND_CHUNK_ELEMENTS = 1 << 22
@@ -119,6 +119,15 @@ def _fit_basis(train: torch.Tensor, p: int, rows: torch.Tensor, work: torch.dtyp
         extra = torch.eye(basis.shape[0], p - keep, dtype=torch.float64, device=basis.device)
         basis = torch.linalg.qr(torch.cat([basis, extra], dim=1)).Q
     return basis if bool(torch.isfinite(basis).all()) else None
+
+
+def _column_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over rows accumulated in float64, in row blocks (no full-size float64 copy)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    step = max(1, _BOUND_CHUNK_ELEMENTS // x.shape[1])
+    for start in range(0, x.shape[0], step):
+        total += x[start : start + step].sum(dim=0, dtype=torch.float64)
+    return total / x.shape[0]
 
 
 def _refine_basis(train: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -201,11 +210,11 @@ class _PrunedIndex:
         m, dim = train.shape
         self.dim, self.work, self.n_components = dim, work, n_components
         self.u = _unit_roundoff(work)
-        rows = _spread_rows(m, max(4 * n_components, _BASIS_ROWS), device=train.device)
+        rows = _spread_rows(m, max(2 * n_components, _BASIS_ROWS), device=train.device)
         basis = _fit_basis(train, n_components, rows, work)
         if basis is None:
             raise ValueError("training samples have no spread: no basis")
-        self.mean = train.mean(dim=0, dtype=torch.float64).to(work)
+        self.mean = _column_mean(train).to(work)
         self.basis = _refine_basis(train, basis.to(work), self.mean)
         q64 = self.basis.to(torch.float64)
         defect = q64.T @ q64 - torch.eye(n_components, dtype=torch.float64, device=q64.device)
@@ -350,9 +359,10 @@ class _PrunedIndex:
         too_many = counts > max(16, m // _MAX_ROW_SHARE) if adaptive else torch.zeros_like(counts, dtype=torch.bool)
         if adaptive and float(counts.to(torch.float64).mean()) + width > m / _MAX_MEAN_SHARE:
             return False, everything
-        # Rows grouped by their number of survivors, rounded up to a multiple of 4: few groups; extra entries (with
-        # bounds above the threshold) are harmless, they are only checked too.
-        widths = torch.clamp((counts + 3) // 4 * 4, max=m - width)
+        # Rows grouped by their number of survivors, rounded up to a power of 4: few groups (few parallel regions,
+        # each a potential stall on a loaded machine); the extra entries are harmless, they are only checked too.
+        widths = torch.where(counts > 0, 4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), 0)
+        widths = widths.clamp_(max=m - width)
         for extra in torch.unique(widths[~too_many]).tolist():
             rows = torch.nonzero(~too_many & (widths == extra)).flatten()
             idx, lo, hi = seeds[rows], seed_lo[rows], seed_hi[rows]
@@ -380,9 +390,9 @@ class _PrunedIndex:
             r = min(step, rows - start)
             block = torch.index_select(train, 0, index[start : start + r].reshape(-1), out=gathered[: r * cols])
             block = block.view(r, cols, dim).to(self.work)
-            query = queries[start : start + r].to(self.work)
-            for j in range(r):  # one GEMV per query: torch's bmm with a single column is ~10x slower on CPU
-                dots[start + j] = torch.mv(block[j], query[j])
+            # Products in place, then sums: two passes, but torch's bmm with one column is ~5x slower on CPU.
+            block.mul_(queries[start : start + r, None, :].to(self.work))
+            dots[start : start + r] = block.sum(dim=-1)
         cand_sq = self.train_sq[index]
         sq = dots.mul_(-2.0).add_(queries_sq[:, None]).add_(cand_sq)
         err = (cand_sq.sqrt() * queries_sq.sqrt()[:, None]).mul_(2.0 * _gamma(dim, self.u))
@@ -441,12 +451,13 @@ def _exact_distances(queries: torch.Tensor, train: torch.Tensor, index: torch.Te
 
 
 def _identity(train: torch.Tensor) -> tuple:
-    """What identifies unchanged data without reading it: the base tensor, its in-place version counter, the view."""
-    base = train._base if train._base is not None else train
+    """What identifies unchanged data without reading it: the storage, its in-place version counter, the view."""
+    storage = train.untyped_storage()
     return (
-        id(base),
-        base._version,
-        train.data_ptr(),
+        id(storage),
+        storage.data_ptr(),
+        train._version,  # shared by views and detached aliases of the same data
+        train.storage_offset(),
         tuple(train.shape),
         train.stride(),
         train.dtype,
@@ -454,34 +465,32 @@ def _identity(train: torch.Tensor) -> tuple:
     )
 
 
+def _known_fingerprint(train: torch.Tensor) -> str | None:
+    key = _identity(train)
+    with _LOCK:
+        known = _FINGERPRINTS.get(key[0])
+    return known[2] if known is not None and known[0] == key and known[1]() is train.untyped_storage() else None
+
+
 def _fingerprint(train: torch.Tensor) -> str:
-    """`samples_fingerprint` of `train`, remembered for the same live tensor object while it is not modified in place.
+    """`samples_fingerprint` of `train`, remembered for the same live storage while it is not modified in place.
 
     Only torch's version counter sees in-place changes: writes through a numpy array sharing the tensor's memory are
     not seen (pass a fresh tensor, or call [`clear_neighbor_cache`], after such writes).
     """
+    fingerprint = _known_fingerprint(train)
+    if fingerprint is not None:
+        return fingerprint
     key = _identity(train)
-    base = train._base if train._base is not None else train
-    with _LOCK:
-        known = _FINGERPRINTS.get(key[0])
-        if known is not None and known[0] == key and known[1]() is base:
-            return known[2]
     fingerprint = samples_fingerprint(train)
+    storage = train.untyped_storage()
     with _LOCK:
         _FINGERPRINTS[key[0]] = (
             key,
-            weakref.ref(base, lambda _ref, i=key[0]: _FINGERPRINTS.pop(i, None)),
+            weakref.ref(storage, lambda _ref, i=key[0]: _FINGERPRINTS.pop(i, None)),
             fingerprint,
         )
     return fingerprint
-
-
-def _known_fingerprint(train: torch.Tensor) -> str | None:
-    key = _identity(train)
-    base = train._base if train._base is not None else train
-    with _LOCK:
-        known = _FINGERPRINTS.get(key[0])
-    return known[2] if known is not None and known[0] == key and known[1]() is base else None
 
 
 def clear_neighbor_cache() -> None:
