@@ -63,6 +63,8 @@ _SPLIT_T = 1.0 / 32.0
 _MAX_MEAN_SHARE = 64
 _MAX_ROW_SHARE = 4
 _CACHE_SIZE = 4
+# Queries of the first chunk, which decides whether pruning pays for the rest.
+_PROBE_ROWS = 64
 
 _CACHE: OrderedDict[tuple, _PrunedIndex | None] = OrderedDict()
 _FINGERPRINTS: dict[int, tuple] = {}
@@ -308,7 +310,8 @@ class _PrunedIndex:
         leftover: list[torch.Tensor] = []
         start = 0
         while start < n:
-            stop = min(n, start + chunk)
+            # A small first chunk probes whether pruning pays before most of the work is spent on it.
+            stop = min(n, start + (min(chunk, _PROBE_ROWS) if adaptive and start == 0 else chunk))
             pays, fallback = self._search_chunk(
                 gen[start:stop], train, k, width, distances[start:stop], indices[start:stop], adaptive
             )
