@@ -27,13 +27,19 @@ __all__ = [
     "SweepArguments",
     "TrainingArguments",
     "TrainingOptions",
+    "flag_aliases",
     "flatten_arguments",
     "parse_arguments",
 ]
 
 
-def _help(text: str, **kwargs: Any):
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, *, aliases: tuple[str, ...] = (), **kwargs: Any):
+    """A field with its help text and, optionally, other flag names that set it.
+
+    Aliases are the flag names of diffusers' ``examples/unconditional_image_generation/train_unconditional.py`` for
+    the same setting (``--ddpm_num_steps`` for ``--num_train_timesteps``): one field, recorded under our name.
+    """
+    return field(metadata={"help": text, "aliases": aliases}, **kwargs)
 
 
 @dataclass
@@ -47,6 +53,11 @@ class DataArguments:
     data_dir: str | None = _help(
         "Folder of the UCR files for signal presets (e.g. ../shared/data/ecg5000).", default=None
     )
+    dataset_config_name: str | None = _help(
+        "Configuration (subset) of a Hub dataset or of a local dataset folder in Hub format, passed to "
+        "`datasets.load_dataset(name, dataset_config_name)` (as in diffusers' train_unconditional.py).",
+        default=None,
+    )
     dataset_split: str = _help("Split to train on ('train'; for UCR data also 'test' or 'all').", default="train")
     image_column: str | None = _help("Image column (auto-detected when omitted).", default=None)
     sequence_column: str | None = _help("Sequence column of a signal dataset (auto-detected).", default=None)
@@ -56,6 +67,11 @@ class DataArguments:
     resolution: int | None = _help("Image resolution (default: 16 for digits, 64 otherwise).", default=None)
     center_crop: bool = _help("Center crop after resizing the short side (else resize to a square).", default=True)
     random_flip: bool = _help("Random horizontal flips of training images.", default=False)
+    dataloader_num_workers: int = _help(
+        "Workers that decode and resize the images (0: in the main process). Images are decoded once into memory "
+        "before training, so these workers do all the data loading there is.",
+        default=0,
+    )
     max_train_samples: int | None = _help("Keep the first N training samples.", default=None)
     train_subset_size: int | None = _help(
         "Train on a seeded random subset of N samples (after max_train_samples); the indices are recorded in "
@@ -73,9 +89,16 @@ class ModelArguments:
         "output_dir of a pretraining run).",
         default=None,
     )
+    model_config_name_or_path: str | None = _help(
+        "Fresh model from a UNet config instead of --model_preset: a config.json file, a folder holding one (a "
+        "pipeline folder's unet/ is found), or a Hub id (as in diffusers' train_unconditional.py).",
+        default=None,
+    )
     model_preset: str = _help("Fresh model size: 'tiny' (tests), 'small' (CPU), 'paper'.", default="small")
-    num_train_timesteps: int = _help("DDPM training timesteps T.", default=1000)
-    beta_schedule: str = _help("Noise schedule (diffusers' DDPMScheduler names).", default="linear")
+    num_train_timesteps: int = _help("DDPM training timesteps T.", default=1000, aliases=("ddpm_num_steps",))
+    beta_schedule: str = _help(
+        "Noise schedule (diffusers' DDPMScheduler names).", default="linear", aliases=("ddpm_beta_schedule",)
+    )
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = _help("Model target.", default="epsilon")
 
 
@@ -153,7 +176,15 @@ class TrainingArguments:
     )
     save_images_epochs: int = _help("Save a sample grid/overlay every N epochs (0 disables).", default=10)
     save_model_epochs: int = _help("Save the pipeline every N epochs (it is always saved at the end).", default=10)
-    logger: Literal["tensorboard", "none"] = _help("Experiment tracker.", default="tensorboard")
+    logger: Literal["tensorboard", "wandb", "none"] = _help(
+        "Experiment tracker: scalars every --logging_steps, the sample grid every --save_images_epochs. 'wandb' "
+        "needs the extra: pip install 'diffusers-memctl[wandb]' (WANDB_MODE=offline works without an account).",
+        default="tensorboard",
+    )
+    logging_dir: str = _help(
+        "Tracker folder, relative to --output_dir (TensorBoard event files; wandb's run folder under <it>/wandb).",
+        default="logs",
+    )
     logging_steps: int = _help("Log to the tracker every N steps.", default=10)
     channels_last: bool = _help("Use channels_last memory format for 2D models.", default=False)
     dry_run: bool = _help("Resolve, check and print the settings; write nothing, train nothing.", default=False)
@@ -169,7 +200,10 @@ class EvaluationArguments:
         default="ddim",
     )
     num_inference_steps: int | None = _help(
-        "Denoising steps; omitted = 50 for ddim, the training T for ddpm.", default=None
+        "Denoising steps of the evaluation and of the sample grids made while training; omitted = 50 for ddim, the "
+        "training T for ddpm.",
+        default=None,
+        aliases=("ddpm_num_inference_steps",),
     )
     eval_mixed_precision: Literal["no", "bf16", "fp16"] | None = _help(
         "Precision of the model calls while generating; omitted = the run's --mixed_precision.", default=None
@@ -204,6 +238,9 @@ class HubArguments:
     hub_model_id: str | None = _help("Repository id (user/name).", default=None)
     hub_private_repo: bool = _help("Create the repository as private.", default=False)
     push_checkpoints: bool = _help("Also push every checkpoint save (weights + configs only).", default=False)
+    license: str = _help(
+        "License of the model, an SPDX-style Hub license id written to the card.", default="apache-2.0"
+    )
 
 
 @dataclass
@@ -355,13 +392,26 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def flag_aliases(group_types: list[type]) -> dict[str, str]:
+    """``{alias: field name}`` of every aliased field of the given argument dataclasses."""
+    return {
+        alias: f.name
+        for group in group_types
+        for f in dataclasses.fields(group)
+        for alias in f.metadata.get("aliases", ())
+    }
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dict[str, Any]) -> argparse.Action:
     tp, _ = _unwrap_optional(hints[f.name])
     # The default is shown in --help but not set on the namespace (SUPPRESS), so --config values are not overridden.
     default = f.default if f.default is not dataclasses.MISSING else None
+    aliases = f.metadata.get("aliases", ())
+    also = f" Also --{', --'.join(aliases)} (diffusers' train_unconditional.py name)." if aliases else ""
     kwargs: dict[str, Any] = {
-        "help": f"{f.metadata.get('help', '')} (default: {default})",
+        "help": f"{f.metadata.get('help', '')} (default: {default}){also}",
         "default": argparse.SUPPRESS,
+        "dest": f.name,
     }
     if tp is bool:
         kwargs.update(type=_str2bool, nargs="?", const=True)
@@ -372,7 +422,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dic
         kwargs.update(type=tp)
     else:
         raise TypeError(f"unsupported argument type {tp!r} for {f.name}")
-    return parser.add_argument(f"--{f.name}", **kwargs)
+    return parser.add_argument(f"--{f.name}", *(f"--{alias}" for alias in aliases), **kwargs)
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -389,7 +439,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as err:
-            raise ValueError(f"reading {path} needs PyYAML (pip install pyyaml), or use a JSON config") from err
+            raise ValueError(
+                f"reading {path} needs PyYAML: pip install 'diffusers-memctl[yaml]', or use a JSON config"
+            ) from err
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -449,6 +501,7 @@ def parse_arguments(
             actions[f.name] = _add_field(sub, f, hints)
     namespace = parser.parse_args(argv)
     values = _read_config_file(namespace.config) if namespace.config else {}
+    values = _resolve_config_aliases(values, flag_aliases(group_types), namespace.config, parser)
     unknown = sorted(set(values) - set(owners))
     if unknown:
         parser.error(f"unknown settings {unknown} in --config {namespace.config}")
@@ -470,6 +523,20 @@ def parse_arguments(
     ]
     rest = argparse.Namespace(**{k: v for k, v in vars(namespace).items() if k not in owners})
     return instances, rest
+
+
+def _resolve_config_aliases(
+    values: dict[str, Any], aliases: dict[str, str], path: str | None, parser: argparse.ArgumentParser
+) -> dict[str, Any]:
+    """``--config`` keys under an alias (``ddpm_num_steps``) are the setting of the field they name."""
+    resolved: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name = aliases.get(key, key)
+        if name in resolved:
+            parser.error(f"--config {path}: {given_as[name]} and {key} set the same setting; keep one")
+        resolved[name], given_as[name] = value, key
+    return resolved
 
 
 def env_int(name: str) -> int | None:

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .run_folder import read_run_args
+
 __all__ = [
     "DEFAULT_SAMPLER_SPECS",
     "GRADIENT_PROFILE_NAME",
@@ -686,10 +688,7 @@ def profile_run(
 
 def _run_batch_size(path: Path, default: int = 32) -> int:
     """The run's ``train_batch_size`` (the batch the gradients of training were taken over), else `default`."""
-    config_file = path / "training_config.json"
-    if not config_file.is_file():
-        return default
-    return int(json.loads(config_file.read_text()).get("args", {}).get("train_batch_size", default))
+    return int(read_run_args(path).get("train_batch_size", default))
 
 
 def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]:
@@ -702,7 +701,7 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
     defaults = DataArguments()
     config_file = path / "training_config.json"
     if config_file.is_file():
-        run_args = json.loads(config_file.read_text()).get("args", {})
+        run_args = read_run_args(path)
         values = {f.name: run_args.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(DataArguments)}
         if data_args is not None:
             values.update(
@@ -797,10 +796,7 @@ def find_run_folders(root: str | os.PathLike, max_depth: int = 2) -> list[Path]:
 
 def _summary_row(run: Path, root: Path, content: Mapping[str, Any], spec: str) -> dict[str, Any]:
     """One CSV row: the run's sampler settings, and per quarter of [0, T) ||E g||, coherence and the share."""
-    args: dict[str, Any] = {}
-    config_file = run / "training_config.json"
-    if config_file.is_file():
-        args = json.loads(config_file.read_text()).get("args", {})
+    args = read_run_args(run)
     row: dict[str, Any] = {
         "run": str(run.relative_to(root)),
         "timestep_sampling": args.get("timestep_sampling"),

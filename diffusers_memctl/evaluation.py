@@ -148,6 +148,44 @@ def training_reference(training_data: Any, memorization_threshold: float = 1 / 3
     return dict(_REFERENCE_CACHE[key])
 
 
+#: Generated samples whose nearest training sample lies this many times farther than the training samples' own
+#: nearest neighbours are "far from the data": an undertrained or broken model (pure noise scores ~3x on digits).
+FAR_FROM_DATA_RATIO = 2.0
+
+
+def sample_distance_check(metrics: dict[str, float], reference: dict[str, float]) -> dict[str, Any]:
+    """Are the generated samples near the data at all? One line for the log, metrics.json, reports and the card.
+
+    Compares the generated samples' median nearest-training distance with the training set's own leave-one-out
+    median spacing. A model that copies sits below 1, one that generalises near 1, and one that generates noise far
+    above (:data:`FAR_FROM_DATA_RATIO`); a low `memorized_fraction` means nothing in that last case.
+
+    Args:
+        metrics (`dict`): The run's metrics (`nn_l2_median`).
+        reference (`dict`): The training set's leave-one-out values (`nn_l2_median`); may be empty.
+
+    Returns:
+        `dict`: `ratio` (or `None`), `far_from_data` (`bool` or `None`) and `line`.
+    """
+    generated, own = metrics.get("nn_l2_median"), (reference or {}).get("nn_l2_median")
+    if generated is None or not own:
+        line = "samples vs data: no leave-one-out reference for this training set size, so no distance check"
+        return {"ratio": None, "far_from_data": None, "line": line}
+    ratio = float(generated) / float(own)
+    far = ratio > FAR_FROM_DATA_RATIO
+    verdict = (
+        f"FAR from the data (more than {FAR_FROM_DATA_RATIO:g}x): the model is undertrained or broken, and its "
+        "memorization metrics say nothing"
+        if far
+        else "near the data, as close as its own samples are to each other or closer"
+    )
+    line = (
+        f"samples vs data: median distance to the nearest training sample {generated:.3g}, the training set's own "
+        f"leave-one-out spacing {own:.3g} (ratio {ratio:.2f}): {verdict}"
+    )
+    return {"ratio": ratio, "far_from_data": far, "line": line}
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -236,6 +274,7 @@ def evaluate_run(
             memorization_threshold,
             features,
         )
+    logger.info("%s: %s", run_path.name, report["sample_check"]["line"])
     return report
 
 
@@ -393,6 +432,7 @@ def _generate_and_measure(
         # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
         # against these).
         "reference": reference,
+        "sample_check": sample_distance_check(metrics, reference),
         # No run_dir: the report lives in the run folder, and a local path must not be published with it.
         "run": {
             "modality": modality,

@@ -39,6 +39,10 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
+from .distributed import describe_extensions, describe_layout
+from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
+
 __all__ = [
     "HubPushError",
     "PICKLE_SUFFIXES",
@@ -76,7 +80,9 @@ MEMCTL_SAMPLER_KEYS = ("num_train_timesteps", "mu", "sigma", "p_tail")
 #: File suffixes that may hold pickles; never uploaded.
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 _UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
-_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "__pycache__"})
+#: Python files a run folder publishes: the remote code that lets diffusers load a signal pipeline on its own.
+_UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
+_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
 
@@ -164,6 +170,12 @@ def _finite_number(value: Any) -> bool:
 def _dataset_identity(args: Mapping[str, Any], modality: str) -> tuple[str, str, str | None]:
     """(human name, model-index dataset type, Hub dataset id or None) of a run's training data."""
     dataset_name = args.get("dataset_name")
+    preset = str(dataset_name).lower() if dataset_name else None
+    if preset in IMAGE_DATASET_PRESETS or preset in SIGNAL_DATASET_PRESETS:
+        # A preset names its Hub dataset (pokemon -> huggan/pokemon); embedded and local presets (digits, ecg5000)
+        # have none, and a preset name must never pass for a Hub dataset id.
+        hub_id = IMAGE_DATASET_PRESETS.get(preset)
+        return (hub_id or str(dataset_name)), (hub_id or "custom"), hub_id
     if _looks_like_hub_id(dataset_name):
         return dataset_name, dataset_name, dataset_name
     if dataset_name:
@@ -289,6 +301,7 @@ def render_model_card(
             "diffusers-memctl",
         ],
         datasets=[dataset_id] if dataset_id else None,
+        license=args.get("license") or "apache-2.0",
         base_model=base_model,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
@@ -328,6 +341,8 @@ def render_model_card(
         timestep_sampling=_memctl_metadata(args, sampler).get("timestep_sampling", "uniform"),
         sampler_summary=", ".join(summary),
         dataset_description=dataset_description,
+        layout_text=describe_layout(config.get("process_layout")),
+        extensions_text=describe_extensions(config.get("extensions")),
         load_source=source,
         needs_snapshot=bool(subfolder and repo_id),
         load_note=load_note,
@@ -337,6 +352,7 @@ def render_model_card(
         metric_rows=[(name, _format_value(value)) for name, value in metrics.items()],
         num_samples=metrics_doc.get("num_samples"),
         eval_seed=metrics_doc.get("seed"),
+        sample_check=(metrics_doc.get("sample_check") or {}).get("line"),
         feature_settings=(metrics_doc.get("settings") or {}).get("features"),
         feature_reference=[(k, _format_value(v)) for k, v in (metrics_doc.get("feature_reference") or {}).items()],
         plots=_plots(run_dir),
@@ -473,6 +489,16 @@ def write_sweep_card(sweep_dir: str | os.PathLike, **kwargs: Any) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 # Pushes
 # ----------------------------------------------------------------------------------------------------------------
+def _is_remote_code(path: Path) -> bool:
+    """A signal pipeline's remote-code copy, in its place beside the pipeline's `model_index.json`."""
+    for relative in _UPLOAD_CODE:
+        depth = len(PurePosixPath(relative).parts)
+        pipeline_root = path.parents[depth - 1]
+        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / "model_index.json").is_file():
+            return True
+    return False
+
+
 def _walk_uploadable(
     folder: Path, *, include_checkpoints: bool, skip_dirs: frozenset[Path] = frozenset()
 ) -> tuple[list[Path], list[Path]]:
@@ -495,6 +521,8 @@ def _walk_uploadable(
             if suffix in PICKLE_SUFFIXES:
                 refused.append(path)
             elif suffix in _UPLOAD_SUFFIXES and not name.startswith((".", "events.out.tfevents")) and path.is_file():
+                keep.append(path)
+            elif _is_remote_code(path):
                 keep.append(path)
             else:
                 logger.info("not uploading %s (not a weights/config/metrics/plot/report file)", path)

@@ -52,6 +52,7 @@ __all__ = [
     "load_state_file",
     "publishable_args",
     "publishable_path",
+    "read_run_args",
     "resolve_published_args",
     "run_lock",
     "save_state_file",
@@ -431,7 +432,9 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     """The first file of `checkpoint` that cannot be read safely, with the reason (``None`` when all read)."""
     from safetensors import safe_open
 
-    for path in sorted(checkpoint.iterdir()):
+    # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
+    files = sorted((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".safetensors", p))
+    for path in files:
         try:
             if path.suffix == ".safetensors":
                 with safe_open(str(path), framework="pt") as handle:
@@ -469,8 +472,11 @@ PATH_SETTINGS = (
     "train_data_dir",
     "data_dir",
     "pretrained_model_name_or_path",
+    "model_config_name_or_path",
     "resume_from_checkpoint",
     "cache_dir",
+    "feature_cache_dir",
+    "logging_dir",
 )
 
 
@@ -492,3 +498,15 @@ def resolve_published_args(args: dict[str, Any], run_dir: str | os.PathLike) -> 
         if isinstance(value, str) and value and not Path(value).is_absolute() and (run_dir / value).exists():
             resolved[key] = str((run_dir / value).resolve())
     return resolved
+
+
+def read_run_args(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``args`` of a run's ``training_config.json``, local paths resolved against the run folder (not the cwd).
+
+    Every reader of a run's settings goes through here, so that ``data_dir: ../../shared/data/ecg5000`` means the
+    same folder whatever directory the reader runs from. Returns ``{}`` for a folder without a training config.
+    """
+    config_file = Path(run_dir) / "training_config.json"
+    if not config_file.is_file():
+        return {}
+    return resolve_published_args(json.loads(config_file.read_text()).get("args") or {}, run_dir)

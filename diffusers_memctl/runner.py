@@ -7,19 +7,38 @@ every setting is checked before any data is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
-from .distributed import process_state
+from .distributed import check_launch, process_state
 from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
 
-__all__ = ["evaluate_options", "run_training_job"]
+__all__ = ["AfterTrainingError", "evaluate_options", "run_training_job"]
 
 logger = logging.getLogger(__name__)
+
+
+class AfterTrainingError(RuntimeError):
+    """A step after training (evaluation, model card, push) failed; the trained pipeline is saved and kept."""
+
+
+@contextlib.contextmanager
+def _after_training(step: str, output_dir: Path, rerun: str) -> Iterator[None]:
+    """Turn a failure of `step` into one line that says the model is safe and how to rerun only that step."""
+    try:
+        yield
+    except Exception as error:
+        reason = " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
+        raise AfterTrainingError(
+            f"training finished and the pipeline is saved in {output_dir}, but the {step} failed "
+            f"({type(error).__name__}: {reason}); rerun just that step: {rerun}"
+        ) from error
 
 
 def evaluate_options(options: TrainingOptions, *, progress: bool = True, training_data: Any = None) -> dict[str, Any]:
@@ -52,11 +71,19 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
     validate_options(options)
     state = process_state()
+    # A launch whose processes would not train together stops before any data is loaded.
+    check_launch(state.num_processes)
     output_dir = Path(options.training.output_dir)
     t_args = options.training
     with launch_lock(output_dir, is_main_process=state.is_main_process, num_processes=state.num_processes):
         # Planned before the data is loaded, so that a refused folder fails at once.
-        plan = plan_run(output_dir, overwrite=t_args.overwrite_output_dir, resume=t_args.resume_from_checkpoint)
+        plan = plan_run(
+            output_dir,
+            overwrite=t_args.overwrite_output_dir,
+            resume=t_args.resume_from_checkpoint,
+            max_train_steps=t_args.max_train_steps,
+            num_epochs=t_args.num_epochs,
+        )
         if plan.action == "finished":
             result, data = finished_run_result(output_dir), None
         else:
@@ -76,26 +103,32 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
+    """Evaluate, write the card, push: each after the pipeline is saved, each failing with its own rerun line."""
     from .hub import write_model_card
 
     output_dir = Path(options.training.output_dir)
+    # The same command again resumes the finished run: it redoes only the missing evaluation, card and push.
+    again = f"the same command with --resume_from_checkpoint latest (the run folder {output_dir} is complete)"
     report = None
     evaluated = (output_dir / "metrics.json").is_file()
     if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
-        report = evaluate_options(options, progress=progress, training_data=data)
-    if result.already_finished and evaluated:
+        with _after_training("evaluation", output_dir, f"memctl-evaluate {output_dir}"):
+            report = evaluate_options(options, progress=progress, training_data=data)
+    if result.already_finished and evaluated and (output_dir / "README.md").is_file():
         return None
-    write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
+    with _after_training("model card", output_dir, again):
+        write_model_card(options.training.output_dir, repo_id=options.hub.hub_model_id)
     if options.hub.push_to_hub:
         from .hub import push_to_hub
 
         if not options.hub.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
-        url = push_to_hub(
-            options.training.output_dir,
-            options.hub.hub_model_id,
-            private=options.hub.hub_private_repo,
-            include_checkpoints=options.hub.push_checkpoints,
-        )
+        with _after_training("push to the Hub", output_dir, again):
+            url = push_to_hub(
+                options.training.output_dir,
+                options.hub.hub_model_id,
+                private=options.hub.hub_private_repo,
+                include_checkpoints=options.hub.push_checkpoints,
+            )
         logger.info("pushed %s to %s", options.training.output_dir, url)
     return report

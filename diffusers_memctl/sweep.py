@@ -35,7 +35,14 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
 from .methods import STUDY_METHODS, apply_method, resolve_method
-from .run_folder import resolve_published_args, run_lock, try_run_lock, write_json_atomic
+from .run_folder import (
+    publishable_args,
+    publishable_path,
+    resolve_published_args,
+    run_lock,
+    try_run_lock,
+    write_json_atomic,
+)
 
 __all__ = [
     "SweepCell",
@@ -212,10 +219,14 @@ def is_run_evaluated(run_dir: str | Path) -> bool:
 
 
 def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[str, Any]:
-    flat = {k: v for k, v in options.to_dict().items() if k not in _PER_CELL_KEYS}
+    """What every cell shares, with local paths relative to the sweep folder (``sweep_config.json`` is published)."""
+    sweep_dir = Path(sweep.sweep_dir)
+    flat = publishable_args({k: v for k, v in options.to_dict().items() if k not in _PER_CELL_KEYS}, sweep_dir)
     shared = {
         k: v for k, v in vars(sweep).items() if k not in ("num_shards", "shard_index", "analyze_only", "sweep_dir")
     }
+    if shared.get("pretrained_run"):
+        shared["pretrained_run"] = publishable_path(shared["pretrained_run"], sweep_dir)
     return {"training": flat, "sweep": shared}
 
 
@@ -468,7 +479,14 @@ def _pretrain_seed(source: str | None) -> int | None:
 
 
 def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed."""
+    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed.
+
+    ``run_dir`` is written relative to the CSV's folder (the file is published); :func:`read_results_csv` resolves it.
+    """
+    rows = [
+        {**row, "run_dir": publishable_path(row["run_dir"], path.parent)} if row.get("run_dir") else row
+        for row in rows
+    ]
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
@@ -575,6 +593,9 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
                     row[key] = int(number) if key == "seed" else number
                 except ValueError:
                     row[key] = value
+            run_dir = row.get("run_dir")
+            if isinstance(run_dir, str) and not Path(run_dir).is_absolute() and (Path(path).parent / run_dir).exists():
+                row["run_dir"] = str((Path(path).parent / run_dir).resolve())
             rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no result row")

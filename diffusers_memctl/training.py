@@ -27,10 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file as load_safetensors
 
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
+from .distributed import check_launch, process_layout, use_cpu
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
+from .pipelines import write_remote_code
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -43,11 +47,13 @@ from .run_folder import (
     list_checkpoints,
     load_state_file,
     publishable_args,
+    publishable_path,
     save_state_file,
     write_json_atomic,
     write_text_atomic,
 )
 from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
+from .tracking import log_sample_grid, sample_grid, tracker_init_kwargs
 from .validation import validate_options
 
 __all__ = [
@@ -68,7 +74,22 @@ logger = logging.getLogger(__name__)
 TRAINING_CONFIG_NAME = "training_config.json"
 LOSS_HISTORY_NAME = "loss_history.jsonl"
 TRAIN_COMPLETE_NAME = "train_complete.json"
-#: Checkpoint files of the state accelerate would pickle: safetensors tensors + JSON metadata instead.
+#: A checkpoint holds the model as diffusers folders, as diffusers' train_unconditional.py writes them:
+#: ``unet/`` (the trained weights) and, with EMA, ``unet_ema/`` (the averaged weights, the EMA state in its config).
+CHECKPOINT_UNET_DIR = "unet"
+CHECKPOINT_EMA_DIR = "unet_ema"
+#: `EMAModel.state_dict` entries kept in ``unet_ema/config.json`` (`EMAModel.save_pretrained`'s format).
+EMA_CONFIG_KEYS = (
+    "decay",
+    "min_decay",
+    "optimization_step",
+    "update_after_step",
+    "use_ema_warmup",
+    "inv_gamma",
+    "power",
+)
+#: Checkpoint files of the state accelerate would pickle: safetensors tensors + JSON metadata instead
+#: (``ema.safetensors``: EMA of checkpoints written before ``unet_ema/``; read only).
 EMA_STATE_NAME = "ema.safetensors"
 SAMPLER_STATE_NAME = "sampler_state.safetensors"
 NUM_LOSS_BINS = 10
@@ -150,6 +171,8 @@ def build_model(options: TrainingOptions, data: TrainingData) -> torch.nn.Module
         if source:
             return _load_pretrained(UNet1DMemCtlModel, source, options)
         channels, length = data.samples.shape[1], data.samples.shape[2]
+        if model_args.model_config_name_or_path:
+            return _model_from_config(UNet1DMemCtlModel, options, data)
         with _seeded_init(options.training.seed):
             return create_unet_1d(
                 model_args.model_preset, in_channels=channels, out_channels=channels, sample_size=length
@@ -174,10 +197,44 @@ def build_model(options: TrainingOptions, data: TrainingData) -> torch.nn.Module
                 f"but the data is {tuple(data.samples.shape[1:])}; set --resolution to match"
             )
         return model
+    if model_args.model_config_name_or_path:
+        return _model_from_config(UNet2DModel, options, data)
     with _seeded_init(options.training.seed):
         return create_unet_2d(
             model_args.model_preset, resolution=data.samples.shape[-1], in_channels=data.samples.shape[1]
         )
+
+
+def _model_from_config(model_cls: Any, options: TrainingOptions, data: TrainingData) -> torch.nn.Module:
+    """A fresh model from ``--model_config_name_or_path`` (as diffusers' train_unconditional.py builds one)."""
+    source = options.model.model_config_name_or_path
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = _find_unet_folder(path)
+    try:
+        if path.exists():
+            config = model_cls.load_config(str(path))
+        else:
+            try:  # a pipeline repository keeps its UNet config in the "unet" subfolder
+                config = model_cls.load_config(source, subfolder="unet", cache_dir=options.data.cache_dir)
+            except OSError:
+                config = model_cls.load_config(source, cache_dir=options.data.cache_dir)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--model_config_name_or_path {source}: no {model_cls.__name__} config there "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
+    with _seeded_init(options.training.seed):
+        model = model_cls.from_config(config)
+    size = model.config.sample_size
+    expected = list(data.samples.shape[2:])
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size] * len(expected)
+    if sizes != expected or model.config.in_channels != data.samples.shape[1]:
+        raise ValueError(
+            f"--model_config_name_or_path {source} describes {model.config.in_channels} channels at {size} but the "
+            f"data is {tuple(data.samples.shape[1:])}; set --resolution (or edit sample_size/in_channels) to match"
+        )
+    return model
 
 
 def _load_pretrained(model_cls: Any, source: str, options: TrainingOptions) -> torch.nn.Module:
@@ -258,12 +315,19 @@ def save_pipeline(model: torch.nn.Module, scheduler: MemCtlDDPMScheduler, output
 
     plain = DDPMScheduler.from_config({k: v for k, v in scheduler.config.items() if k not in MEMCTL_CONFIG_DEFAULTS})
     if modality == "signal":
-        from .pipelines.pipeline_ddpm_1d import DDPM1DPipeline
+        from .pipelines import DDPM1DPipeline
 
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
+    # from_pretrained records where the weights came from; a local source must not reach a published config as an
+    # absolute path (a Hub id stays as it is).
+    source = model.config.get("_name_or_path")
+    if source:
+        model.register_to_config(_name_or_path=publishable_path(str(source), output_dir / "unet"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    if modality == "signal":
+        write_remote_code(output_dir)
     config_path = output_dir / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
@@ -286,9 +350,15 @@ def _versions() -> dict[str, str]:
     }
 
 
-def build_training_config(options: TrainingOptions, data: TrainingData, scheduler: MemCtlDDPMScheduler) -> dict:
-    """The content of ``training_config.json``: every resolved setting, versions, sampler summary, data summary."""
-    return {
+def build_training_config(
+    options: TrainingOptions,
+    data: TrainingData,
+    scheduler: MemCtlDDPMScheduler,
+    layout: dict[str, Any] | None = None,
+) -> dict:
+    """The content of ``training_config.json``: every resolved setting, versions, sampler summary, data summary, and
+    the process layout (`layout`: processes, per-process and global batch, device, precision, steps)."""
+    config = {
         "schema_version": SCHEMA_VERSION,
         "modality": data.modality,
         "versions": _versions(),
@@ -297,6 +367,9 @@ def build_training_config(options: TrainingOptions, data: TrainingData, schedule
         "sampler": scheduler.timestep_sampler.summary(),
         "data": {"num_samples": int(data.samples.shape[0]), "sample_shape": data.sample_shape, **data.info},
     }
+    if layout is not None:
+        config["process_layout"] = layout
+    return config
 
 
 def _latest_checkpoint(output_dir: Path) -> Path | None:
@@ -356,12 +429,14 @@ class RunPlan:
     """What :func:`train` does with its `output_dir`, decided under the folder's lock before anything is written.
 
     `action` is ``"new"`` (empty or missing folder), ``"overwrite"`` (the folder held a run and
-    ``--overwrite_output_dir`` was given), ``"resume"`` (from `checkpoint`) or ``"finished"`` (the folder holds a
-    finished run and resuming it has nothing to do).
+    ``--overwrite_output_dir`` was given), ``"resume"`` (from `checkpoint`), ``"extend"`` (a finished run of
+    `finished_step` steps trains on from `checkpoint` to a larger ``--max_train_steps``) or ``"finished"`` (the folder
+    holds a finished run and resuming it has nothing to do).
     """
 
     action: str
     checkpoint: Path | None = None
+    finished_step: int | None = None
 
 
 def _run_markers(output_dir: Path) -> list[str]:
@@ -369,17 +444,28 @@ def _run_markers(output_dir: Path) -> list[str]:
     return [name for name in names if (output_dir / name).exists()]
 
 
-def plan_run(output_dir: Path, *, overwrite: bool, resume: str | None) -> RunPlan:
+def plan_run(
+    output_dir: Path,
+    *,
+    overwrite: bool,
+    resume: str | None,
+    max_train_steps: int | None = None,
+    num_epochs: int | None = None,
+) -> RunPlan:
     """Decide how a run uses `output_dir`, refusing anything that would silently lose a previous run.
 
     - a folder holding a run is reused only with ``--overwrite_output_dir`` or a checkpoint to resume from;
-    - ``--resume_from_checkpoint`` of a finished run does nothing (it says so) unless overwriting;
+    - ``--resume_from_checkpoint`` of a finished run extends it when the requested length (``--max_train_steps``, or
+      ``--num_epochs`` times the run's recorded steps per epoch) exceeds the steps it trained, and otherwise does
+      nothing (it says so) unless overwriting;
     - ``--resume_from_checkpoint latest`` without a checkpoint starts a new run only in a folder without a run.
 
     Args:
         output_dir (`Path`): The run folder.
         overwrite (`bool`): ``--overwrite_output_dir``.
         resume (`str`, *optional*): ``--resume_from_checkpoint`` (``"latest"`` or a checkpoint folder).
+        max_train_steps (`int`, *optional*): ``--max_train_steps`` of this launch.
+        num_epochs (`int`, *optional*): ``--num_epochs`` of this launch (used when `max_train_steps` is not given).
 
     Returns:
         [`RunPlan`]
@@ -390,7 +476,7 @@ def plan_run(output_dir: Path, *, overwrite: bool, resume: str | None) -> RunPla
     markers = _run_markers(output_dir)
     if resume:
         if (output_dir / TRAIN_COMPLETE_NAME).is_file() and not overwrite:
-            return RunPlan("finished")
+            return _plan_finished_run(output_dir, resume, max_train_steps, num_epochs)
         checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
         if checkpoint is not None and not checkpoint.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
@@ -408,6 +494,28 @@ def plan_run(output_dir: Path, *, overwrite: bool, resume: str | None) -> RunPla
             "replace it or --resume_from_checkpoint latest to continue it"
         )
     return RunPlan("overwrite" if markers else "new")
+
+
+def _plan_finished_run(output_dir: Path, resume: str, max_train_steps: int | None, num_epochs: int | None) -> RunPlan:
+    """A finished run: ``"extend"`` when more steps are asked for than it trained, else ``"finished"``."""
+    finished = int(json.loads((output_dir / TRAIN_COMPLETE_NAME).read_text()).get("global_step", 0))
+    requested = max_train_steps
+    if requested is None and num_epochs:
+        config_path = output_dir / TRAINING_CONFIG_NAME
+        layout = json.loads(config_path.read_text()).get("process_layout", {}) if config_path.is_file() else {}
+        if layout.get("steps_per_epoch"):
+            requested = num_epochs * int(layout["steps_per_epoch"])
+    if requested is None or requested <= finished:
+        return RunPlan("finished")
+    checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+    if checkpoint is None:
+        raise ValueError(
+            f"cannot extend {output_dir} from {finished} to {requested} steps: it holds no checkpoint (it was trained "
+            "with --checkpointing_steps 0); pass --overwrite_output_dir to train it again from the start"
+        )
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    return RunPlan("extend", checkpoint, finished_step=finished)
 
 
 def finished_run_result(output_dir: Path) -> TrainResult:
@@ -438,7 +546,13 @@ def _locked_plan(accelerator: Any, options: TrainingOptions):
     t_args = options.training
     output_dir = Path(t_args.output_dir)
     with launch_lock(output_dir, is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes):
-        plan = plan_run(output_dir, overwrite=t_args.overwrite_output_dir, resume=t_args.resume_from_checkpoint)
+        plan = plan_run(
+            output_dir,
+            overwrite=t_args.overwrite_output_dir,
+            resume=t_args.resume_from_checkpoint,
+            max_train_steps=t_args.max_train_steps,
+            num_epochs=t_args.num_epochs,
+        )
         accelerator.wait_for_everyone()
         yield plan
 
@@ -483,22 +597,14 @@ def _create_accelerator(options: TrainingOptions) -> Any:
     t_args = options.training
     output_dir = Path(t_args.output_dir)
     return Accelerator(
+        cpu=use_cpu(),
         gradient_accumulation_steps=t_args.gradient_accumulation_steps,
         mixed_precision=t_args.mixed_precision,
         log_with=None if t_args.logger == "none" else t_args.logger,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / t_args.logging_dir)
+        ),
     )
-
-
-def _check_world_size(accelerator: Any) -> None:
-    world_size = int(os.environ.get("WORLD_SIZE") or 1)
-    if accelerator.num_processes != world_size:
-        # accelerate ignores torchrun's WORLD_SIZE on a machine without GPUs unless told to use the CPU: every
-        # process would then train alone, with the same draws, into the same output_dir.
-        raise RuntimeError(
-            f"launched as {world_size} processes (WORLD_SIZE) but accelerate runs {accelerator.num_processes}; "
-            "without GPUs use `accelerate launch --cpu` or set ACCELERATE_USE_CPU=1 for torchrun"
-        )
 
 
 def _prepare_output_dir(accelerator: Any, output_dir: Path, plan: RunPlan, training_config: dict) -> None:
@@ -517,12 +623,34 @@ def _prepare_output_dir(accelerator: Any, output_dir: Path, plan: RunPlan, train
             ):
                 target = output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        elif plan.action == "resume" and (output_dir / TRAIN_COMPLETE_NAME).is_file():
-            # Resuming a finished run with --overwrite_output_dir trains its last steps again: its report is stale.
+        elif plan.action in ("resume", "extend") and (output_dir / TRAIN_COMPLETE_NAME).is_file():
+            # Resuming a finished run with --overwrite_output_dir trains its last steps again, and an extension
+            # trains more: its report is stale.
             for name in (TRAIN_COMPLETE_NAME, "metrics.json"):
                 (output_dir / name).unlink(missing_ok=True)
+        if plan.action in ("resume", "extend"):
+            training_config = _with_extensions(output_dir, plan, training_config)
         write_json_atomic(output_dir / TRAINING_CONFIG_NAME, training_config)
     accelerator.wait_for_everyone()
+
+
+def _with_extensions(output_dir: Path, plan: RunPlan, training_config: dict) -> dict:
+    """`training_config` with the run's ``extensions`` (kept across resumes), plus this one when it extends."""
+    path = output_dir / TRAINING_CONFIG_NAME
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    extensions = list(previous.get("extensions", []))
+    if plan.action == "extend":
+        extensions.append(
+            {
+                "from_step": plan.finished_step,
+                "to_step": training_config.get("process_layout", {}).get("max_train_steps"),
+                "resumed_from": os.path.relpath(plan.checkpoint.resolve(), output_dir.resolve()),
+                "previous_args": {
+                    key: previous.get("args", {}).get(key) for key in ("max_train_steps", "num_epochs", "lr_scheduler")
+                },
+            }
+        )
+    return {**training_config, "extensions": extensions} if extensions else training_config
 
 
 def _step_schedule(t_args: Any, num_samples: int, num_processes: int) -> tuple[int, int, int]:
@@ -555,7 +683,16 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
     scheduler = build_scheduler(options, data.modality, data.samples)
     if t_args.channels_last and data.modality == "image":
         model = model.to(memory_format=torch.channels_last)
-    _prepare_output_dir(accelerator, output_dir, plan, build_training_config(options, data, scheduler))
+    num_processes = accelerator.num_processes
+    steps_per_epoch, max_steps, num_epochs = _step_schedule(t_args, len(data.samples), num_processes)
+    layout = process_layout(
+        accelerator,
+        train_batch_size=t_args.train_batch_size,
+        gradient_accumulation_steps=t_args.gradient_accumulation_steps,
+    )
+    layout.update(steps_per_epoch=steps_per_epoch, max_train_steps=max_steps, num_epochs=num_epochs)
+    config = build_training_config(options, data, scheduler, layout)
+    _prepare_output_dir(accelerator, output_dir, plan, config)
 
     ema = None
     if t_args.use_ema:
@@ -578,8 +715,6 @@ def _setup(options: TrainingOptions, data: TrainingData | None, accelerator: Any
         # torch >= 2.4 has fused AdamW on CPU and CUDA: ~4x faster optimizer steps than the per-tensor default.
         fused=device.type in ("cuda", "cpu"),
     )
-    num_processes = accelerator.num_processes
-    steps_per_epoch, max_steps, num_epochs = _step_schedule(t_args, len(data.samples), num_processes)
     lr_scheduler = get_scheduler(
         t_args.lr_scheduler,
         optimizer=optimizer,
@@ -613,13 +748,34 @@ def _resume(run: _Run, checkpoint: Path) -> None:
         _truncate_loss_history(run.output_dir / LOSS_HISTORY_NAME, run.global_step)
 
 
+def _averaged_parameters(model: torch.nn.Module, folder: Path, device: torch.device) -> list[torch.Tensor]:
+    """The EMA's shadow parameters from ``unet_ema/``, in ``model.parameters()`` order.
+
+    Read as a plain state dict: ``from_pretrained`` would warn that the EMA keys of the config are no model settings.
+    """
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if weights.is_file():
+        state = load_safetensors(weights)
+        return [state[name].to(device) for name, _ in model.named_parameters()]
+    return [p.detach().clone().to(device) for p in type(model).from_pretrained(folder).parameters()]
+
+
 def _load_extra_state(run: _Run, checkpoint: Path) -> None:
-    """EMA weights and sampler state: safetensors + JSON files beside accelerate's own (see `_save_extra_state`)."""
+    """Model, EMA and sampler state written by `_save_extra_state` (or, before ``unet/``, EMA in ema.safetensors)."""
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    if (checkpoint / CHECKPOINT_UNET_DIR).is_dir():
+        loaded = type(unwrapped).from_pretrained(checkpoint / CHECKPOINT_UNET_DIR)
+        unwrapped.load_state_dict(loaded.state_dict())
     if run.ema is not None:
-        path = checkpoint / EMA_STATE_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (was the checkpoint saved with --use_ema false?)")
-        state = load_state_file(path, device=run.accelerator.device)
+        ema_dir, legacy = checkpoint / CHECKPOINT_EMA_DIR, checkpoint / EMA_STATE_NAME
+        if ema_dir.is_dir():
+            config = json.loads((ema_dir / "config.json").read_text())
+            state = {key: config[key] for key in EMA_CONFIG_KEYS}
+            state["shadow_params"] = _averaged_parameters(unwrapped, ema_dir, run.accelerator.device)
+        elif legacy.is_file():
+            state = load_state_file(legacy, device=run.accelerator.device)
+        else:
+            raise FileNotFoundError(f"{ema_dir} is missing (was the checkpoint saved with --use_ema false?)")
         run.ema.load_state_dict(state)
     run.scheduler.timestep_sampler.load_state_dict(load_state_file(checkpoint / SAMPLER_STATE_NAME))
 
@@ -656,8 +812,10 @@ def _unreadable_checkpoint_message(output_dir: Path, checkpoint: Path, error: Ba
 
 
 def _init_trackers(run: _Run) -> None:
-    if run.accelerator.is_main_process and run.options.training.logger != "none":
-        run.accelerator.init_trackers("memctl", config=_tracker_config(run.options))
+    t_args = run.options.training
+    if run.accelerator.is_main_process and t_args.logger != "none":
+        init_kwargs = tracker_init_kwargs(t_args.logger, run.output_dir / t_args.logging_dir, run.output_dir.name)
+        run.accelerator.init_trackers("memctl", config=_tracker_config(run.options), init_kwargs=init_kwargs)
 
 
 def _train_step(run: _Run, index: torch.Tensor, epoch: int, progress: Any) -> None:
@@ -761,9 +919,20 @@ def _end_of_epoch(run: _Run, epoch: int) -> None:
     if run.accelerator.is_main_process and run.global_step > 0:
         is_last = epoch == run.num_epochs - 1 or run.global_step >= run.max_steps
         if t_args.save_images_epochs and ((epoch + 1) % t_args.save_images_epochs == 0 or is_last):
-            _save_preview(
-                run.accelerator, run.model, run.ema, run.scheduler, run.data, run.output_dir, epoch, run.options
-            )
+            try:
+                _save_preview(
+                    run.accelerator,
+                    run.model,
+                    run.ema,
+                    run.scheduler,
+                    run.data,
+                    run.output_dir,
+                    epoch,
+                    run.options,
+                    step=run.global_step,
+                )
+            except Exception as error:  # a preview is a by-product: it must never cost the training
+                logger.warning("preview of epoch %d skipped (%s: %s)", epoch + 1, type(error).__name__, error)
         if not is_last and t_args.save_model_epochs and (epoch + 1) % t_args.save_model_epochs == 0:
             _save_final(run.accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
 
@@ -808,6 +977,11 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     """Stage 5: save the pipeline, then ``train_complete.json`` (last: it marks the run finished)."""
     accelerator = run.accelerator
     result = TrainResult(run.output_dir, run.global_step, run.last_loss, train_seconds)
+    every = run.options.training.checkpointing_steps
+    last = run.output_dir / CHECKPOINTS_DIR / f"checkpoint-{run.global_step}"
+    if every and run.global_step % every and not last.is_dir():
+        # The state at the last step, so that a larger --max_train_steps extends the run exactly from there.
+        _save_checkpoint(run)
     if accelerator.is_main_process:
         _save_final(accelerator, run.model, run.ema, run.scheduler, run.output_dir, run.data.modality)
         # Written last: its presence tells sweeps that this run finished training.
@@ -846,7 +1020,7 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
     validate_options(options)
     if accelerator is None:
         accelerator = _create_accelerator(options)
-    _check_world_size(accelerator)
+    check_launch(accelerator.num_processes)
     with _locked_plan(accelerator, options) as plan:
         if plan.action == "finished":
             return finished_run_result(Path(options.training.output_dir))
@@ -855,11 +1029,29 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
                 "no checkpoint in %s: starting a new run", Path(options.training.output_dir) / CHECKPOINTS_DIR
             )
         run = _setup(options, data, accelerator, plan)
-        if plan.action == "resume":
-            _resume(run, plan.checkpoint)
-        _init_trackers(run)
-        train_seconds = _run_epochs(run)
-        return _finish(run, train_seconds)
+        hooks = _register_checkpoint_hooks(accelerator)
+        try:
+            return _train_stages(run, plan)
+        finally:
+            for handle in hooks:
+                handle.remove()
+
+
+def _train_stages(run: _Run, plan: RunPlan) -> TrainResult:
+    """Stages 2-5 of :func:`train`: resume or extend, trackers, the epochs, the final saves."""
+    if plan.action == "extend":
+        logger.info(
+            "extending the finished run %s from %s to %s steps (from %s)",
+            run.output_dir,
+            plan.finished_step,
+            run.max_steps,
+            plan.checkpoint.name,
+        )
+    if plan.action in ("resume", "extend"):
+        _resume(run, plan.checkpoint)
+    _init_trackers(run)
+    train_seconds = _run_epochs(run)
+    return _finish(run, train_seconds)
 
 
 def _tracker_config(options: TrainingOptions) -> dict[str, Any]:
@@ -867,10 +1059,43 @@ def _tracker_config(options: TrainingOptions) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in options.to_dict().items()}
 
 
+def _skip_accelerate_weights(models: list, weights: list, output_dir: str) -> None:
+    """accelerate's save hook: the model goes into ``unet/`` (`_save_extra_state`), not ``model.safetensors``."""
+    weights.clear()
+
+
+def _load_weights_from_unet_folder(models: list, input_dir: str) -> None:
+    """accelerate's load hook: a checkpoint with ``unet/`` is read by `_load_extra_state`; older ones by accelerate."""
+    if (Path(input_dir) / CHECKPOINT_UNET_DIR).is_dir():
+        models.clear()
+
+
+def _register_checkpoint_hooks(accelerator: Any) -> list[Any]:
+    """Hook the model's checkpoint layout into accelerate's save/load; returns the handles to remove."""
+    return [
+        accelerator.register_save_state_pre_hook(_skip_accelerate_weights),
+        accelerator.register_load_state_pre_hook(_load_weights_from_unet_folder),
+    ]
+
+
 def _save_extra_state(run: _Run, folder: Path) -> None:
-    """EMA weights and sampler state as safetensors + JSON (accelerate would pickle them; see `_load_extra_state`)."""
+    """``unet/``, ``unet_ema/`` (diffusers folders) and the sampler state (safetensors + JSON): nothing pickled.
+
+    Both model folders load with ``from_pretrained(checkpoint, subfolder="unet")`` (``"unet_ema"``), and
+    ``EMAModel.from_pretrained(checkpoint / "unet_ema", model_cls)`` restores the EMA, as for diffusers' examples.
+    """
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    unwrapped.save_pretrained(folder / CHECKPOINT_UNET_DIR, safe_serialization=True)
     if run.ema is not None:
-        save_state_file(folder / EMA_STATE_NAME, run.ema.state_dict())
+        _unwrapped_with_ema(run.accelerator, run.model, run.ema)
+        try:
+            unwrapped.save_pretrained(folder / CHECKPOINT_EMA_DIR, safe_serialization=True)
+        finally:
+            run.ema.restore(unwrapped.parameters())
+        config_path = folder / CHECKPOINT_EMA_DIR / "config.json"
+        state = run.ema.state_dict()
+        config = json.loads(config_path.read_text())
+        write_json_atomic(config_path, {**config, **{key: state[key] for key in EMA_CONFIG_KEYS}})
     save_state_file(folder / SAMPLER_STATE_NAME, run.scheduler.timestep_sampler.state_dict())
 
 
@@ -924,9 +1149,9 @@ def _save_final(accelerator, model, ema, scheduler, output_dir: Path, modality: 
 
 @torch.no_grad()
 def _save_preview(
-    accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options
+    accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options, *, step: int = 0
 ) -> None:
-    """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/``."""
+    """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/`` and the tracker."""
     from .generation import generate_samples
     from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
@@ -950,7 +1175,11 @@ def _save_preview(
             figure = plot_image_nn_grid(generated.numpy(), data.samples[:16].numpy(), max_items=16)
         else:
             figure = plot_signal_overlay(generated.numpy(), data.samples[:200].numpy())
-        save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")
+        path = save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")
+        if accelerator.trackers:
+            # Images: the generated samples alone, as diffusers' train_unconditional.py logs them; signals: the plot.
+            grid = sample_grid(generated) if data.modality == "image" else np.asarray(Image.open(path).convert("RGB"))
+            log_sample_grid(accelerator, grid, step)
     finally:
         unwrapped.train(was_training)
         if ema is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
+from .tracking import check_tracker_installed
 
 __all__ = ["validate_options"]
 
@@ -61,6 +62,11 @@ def _validate_training(options: TrainingOptions) -> None:
     names = [member.value for member in SchedulerType]
     if t.lr_scheduler not in names:
         raise ValueError(f"--lr_scheduler {t.lr_scheduler!r} is not a schedule; choose one of {names}")
+    check_tracker_installed(t.logger)
+    if Path(t.logging_dir).is_absolute() or ".." in Path(t.logging_dir).parts:
+        raise ValueError(
+            f"--logging_dir must be a folder inside --output_dir (a relative path), got {t.logging_dir!r}"
+        )
     resume = t.resume_from_checkpoint
     if resume and resume != "latest" and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder (or pass 'latest')")
@@ -68,7 +74,14 @@ def _validate_training(options: TrainingOptions) -> None:
 
 def _validate_data_and_model(options: TrainingOptions) -> None:
     _at_least(options.data, ("resolution", "max_train_samples"), 1, optional=True)
+    _at_least(options.data, ("dataloader_num_workers",), 0)
     _at_least(options.model, ("num_train_timesteps",), 2)
+    m = options.model
+    if m.model_config_name_or_path and m.pretrained_model_name_or_path:
+        raise ValueError(
+            f"--model_config_name_or_path {m.model_config_name_or_path} builds a fresh model and "
+            f"--pretrained_model_name_or_path {m.pretrained_model_name_or_path} loads trained weights; pass one"
+        )
 
 
 def _validate_evaluation(options: TrainingOptions) -> None:

@@ -11,7 +11,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real ECG5000 and Pokemon files live beside the clone (../shared/data); MEMCTL_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get("MEMCTL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+def shared_data_dir(path: Path) -> Path:
+    """`path` when it is a folder; otherwise skip the calling test with a one-line reason."""
+    if not path.is_dir():
+        pytest.skip(
+            f"needs the real data in ../shared/data (not found at {path}; set MEMCTL_SHARED_DATA to use another)"
+        )
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +37,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        raise FileNotFoundError(f"tests need ../shared/data beside the repository; not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return shared_data_dir(SHARED_DATA)
 
 
 def _is_loopback(address) -> bool:

@@ -346,3 +346,19 @@ def test_cli_profiles_every_run_of_a_sweep_folder(tiny_runs, tmp_path):
     assert len(result["runs"]) == 2
     with pytest.raises(ValueError, match="--output_dir"):
         diagnose_cli.main([str(sweep), "--output_dir", str(tmp_path / "x")])
+
+
+def test_cli_resolves_the_runs_data_against_the_run_folder_not_the_cwd(tiny_runs, tmp_path, monkeypatch):
+    # training_config.json stores data_dir relative to the run folder. From a working directory deeper than the run,
+    # resolving that path against the cwd names a folder that does not exist.
+    run = Path(shutil.copytree(tiny_runs["signal"], tmp_path / "signal"))
+    stored = json.loads((run / "training_config.json").read_text())["args"]["data_dir"]
+    assert not Path(stored).is_absolute()
+    deep = tmp_path.joinpath(*"abcdefghijklmnop")
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert not Path(stored).exists()
+    argv = [str(run), "--num_bins", "2", "--num_batches", "3", "--diagnose_batch_size", "4",
+            "--per_sample_batches", "1", "--samplers", "uniform", "--device", "cpu", "--no_plots"]  # fmt: skip
+    content = diagnose_cli.main(argv)
+    assert content["settings"]["source"]["modality"] == "signal"

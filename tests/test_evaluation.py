@@ -172,8 +172,10 @@ def test_evaluation_announces_its_cost_in_one_line_before_it_starts(image_run, c
     with caplog.at_level("INFO", logger="diffusers_memctl.evaluation"):
         report = evaluate_run(image_run, num_samples=5, batch_size=2, make_plots=False, progress=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "diffusers_memctl.evaluation"]
-    assert len(lines) == 1
+    # One line before (the cost), one after (are the samples near the data at all?).
+    assert len(lines) == 2
     assert "5 samples, DDIM 50 steps, batch 2, cpu, float32" in lines[0] and "about" in lines[0]
+    assert "samples vs data:" in lines[1] and lines[1].endswith(report["sample_check"]["line"])
     assert report["settings"]["sampler"] == "ddim" and report["settings"]["num_inference_steps"] == 50
     estimate, actual = report["timings"]["generate_estimate_s"], report["timings"]["generate_s"]
     assert 0 < estimate and actual / 20 < estimate < actual * 20  # order of magnitude on a shared machine
@@ -319,3 +321,33 @@ def test_train_script_pushes_the_run_and_plain_diffusers_loads_it(hub, tmp_path,
     image = pipeline(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (16, 16)
     assert np.asarray(image).std() > 0
+
+
+def test_sample_check_flags_samples_far_from_the_data():
+    from diffusers_memctl.evaluation import FAR_FROM_DATA_RATIO, sample_distance_check
+
+    near = sample_distance_check({"nn_l2_median": 2.0}, {"nn_l2_median": 2.5})
+    assert near["far_from_data"] is False and near["ratio"] == pytest.approx(0.8)
+    assert "near the data" in near["line"] and "\n" not in near["line"]
+    far = sample_distance_check({"nn_l2_median": 9.0}, {"nn_l2_median": 2.85})
+    assert far["far_from_data"] is True and far["ratio"] > FAR_FROM_DATA_RATIO
+    assert "FAR from the data" in far["line"] and "2.85" in far["line"]
+    unknown = sample_distance_check({"nn_l2_median": 1.0}, {})
+    assert unknown["far_from_data"] is None and "no leave-one-out reference" in unknown["line"]
+
+
+def test_untrained_model_is_reported_far_from_the_data_in_metrics_log_and_card(tmp_path, caplog):
+    # Two optimizer steps: the model generates noise; metrics.json, the log and the card must all say so.
+    from diffusers_memctl.cli import train as train_cli
+
+    run = tmp_path / "noise"
+    with caplog.at_level("INFO", logger="diffusers_memctl.evaluation"):
+        train_cli.main(
+            ["--model_preset", "tiny", "--max_train_samples", "64", "--train_batch_size", "32",
+             "--max_train_steps", "2", "--eval_num_samples", "32", "--num_inference_steps", "5",
+             "--save_images_epochs", "0", "--logger", "none", "--output_dir", str(run)]
+        )  # fmt: skip
+    check = json.loads((run / "metrics.json").read_text())["sample_check"]
+    assert check["far_from_data"] is True, check
+    assert any("FAR from the data" in record.getMessage() for record in caplog.records)
+    assert "FAR from the data" in (run / "README.md").read_text()

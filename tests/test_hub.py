@@ -210,7 +210,7 @@ def test_model_card_metadata_round_trips_to_metrics(tmp_path, modality):
         assert 'DDPMPipeline.from_pretrained("me/memctl-run")' in body.replace("'", '"')
     else:
         assert "base_model" not in meta and "datasets" not in meta  # local data is not a Hub dataset
-        assert "from diffusers_memctl.pipelines import DDPM1DPipeline" in body
+        assert 'custom_pipeline="pipeline_ddpm_1d", trust_remote_code=True' in body.replace("'", '"')
 
 
 def test_model_card_without_metrics_and_with_custom_template(tmp_path):
@@ -382,3 +382,30 @@ def test_push_sweep_to_one_repo_and_load_a_cell(hub, tmp_path):
     unet = UNet2DModel.from_pretrained("me/sweep", subfolder="cells/ci_100_300/unet")
     assert unet.config.sample_size == 8
     _assert_no_token_on_disk(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dataset_name", "hub_id"),
+    [("pokemon", "huggan/pokemon"), ("flowers", "huggan/flowers-102-categories"), ("digits", None), ("ecg5000", None)],
+)
+def test_card_maps_presets_to_hub_ids_and_sets_the_license(tmp_path, dataset_name, hub_id):
+    run = make_run_folder(tmp_path / "run", modality="image", with_model=False)
+    config = json.loads((run / "training_config.json").read_text())
+    config["args"].update(dataset_name=dataset_name, license="mit")
+    (run / "training_config.json").write_text(json.dumps(config))
+    readme = write_model_card(run, repo_id="me/memctl-run")
+    card = ModelCard.load(readme)
+    meta = card.data.to_dict()
+    assert meta["license"] == "mit"
+    if hub_id is None:
+        assert "datasets" not in meta  # embedded or local data is not a Hub dataset
+        assert dataset_name in readme.read_text()  # named in a sentence instead
+    else:
+        assert meta["datasets"] == [hub_id]
+        _, results = model_index_to_eval_results(meta["model-index"])
+        assert {r.dataset_type for r in results} == {hub_id} and {r.dataset_name for r in results} == {hub_id}
+
+
+def test_license_defaults_to_apache(tmp_path):
+    run = make_run_folder(tmp_path / "run", modality="signal", with_model=False)
+    assert metadata_load(write_model_card(run))["license"] == "apache-2.0"

@@ -230,7 +230,7 @@ def test_unknown_dataset_names_presets_and_offline_hub():
     with pytest.raises(ValueError, match="not-a-preset-or-path") as info:
         load_image_dataset("not-a-preset-or-path")
     message = str(info.value)
-    assert "'digits'" in message and "'pokemon'" in message and "'flowers'" in message
+    assert "'digits'" in message and "'pokemon'" in message and "'flowers'" in message and "'ecg5000'" in message
     assert "offline" in message
     with pytest.raises(ValueError, match="'huggan/pokemon'.*offline"):
         load_image_dataset("pokemon")

@@ -2,8 +2,10 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +149,64 @@ def test_bad_arguments_raise(kwargs, pattern):
     pipe = _pipeline("ddpm")
     with pytest.raises(ValueError, match=pattern):
         pipe(**{"num_inference_steps": 2, **kwargs})
+
+
+# ---- a signal run folder loads with diffusers alone (remote code) ---------------------------------------------------
+HIDE_PACKAGE = (
+    'raise ModuleNotFoundError("No module named \'diffusers_memctl\' (hidden by the test)", name="diffusers_memctl")\n'
+)
+
+
+def _signal_run(folder):
+    from diffusers_memctl.scheduling_memctl import MemCtlDDPMScheduler
+    from diffusers_memctl.training import save_pipeline
+
+    torch.manual_seed(0)
+    scheduler = MemCtlDDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, clip_sample=False)
+    save_pipeline(create_unet_1d("tiny", sample_size=140), scheduler, folder, "signal")
+    return folder
+
+
+def test_signal_run_folder_loads_with_diffusers_alone(tmp_path):
+    run = _signal_run(tmp_path / "run")
+    hidden = tmp_path / "hidden"
+    (hidden / "diffusers_memctl").mkdir(parents=True)
+    (hidden / "diffusers_memctl" / "__init__.py").write_text(HIDE_PACKAGE)
+    script = (
+        "import sys, torch\n"
+        "try:\n"
+        "    import diffusers_memctl\n"
+        "    raise SystemExit('diffusers_memctl is importable: the test proves nothing')\n"
+        "except ModuleNotFoundError:\n"
+        "    pass\n"
+        "from diffusers import DiffusionPipeline\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], custom_pipeline='pipeline_ddpm_1d', trust_remote_code=True)\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=2).signals\n"
+        "print(type(pipe).__name__, tuple(out.shape))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(hidden), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(run)], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "DDPM1DPipeline (2, 1, 140)"
+
+
+def test_remote_code_is_the_package_source_verbatim_and_is_published(tmp_path):
+    import diffusers_memctl.models.unet_1d_memctl as unet_module
+    import diffusers_memctl.pipelines.pipeline_ddpm_1d as pipeline_module
+    from diffusers_memctl.hub import plan_hub_commit
+
+    run = _signal_run(tmp_path / "run")
+    assert (run / "pipeline_ddpm_1d.py").read_bytes() == Path(pipeline_module.__file__).read_bytes()
+    assert (run / "unet" / "unet_1d_memctl.py").read_bytes() == Path(unet_module.__file__).read_bytes()
+    for source in (pipeline_module.__file__, unet_module.__file__):
+        imports = [line for line in Path(source).read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in imports if "diffusers_memctl" in line or line.startswith("from .")], imports
+    index = json.loads((run / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPM1DPipeline"
+    assert index["unet"] == ["unet_1d_memctl", "UNet1DMemCtlModel"]
+    uploaded = {op.path_in_repo for op in plan_hub_commit(run)}
+    assert {"pipeline_ddpm_1d.py", "unet/unet_1d_memctl.py", "model_index.json"} <= uploaded

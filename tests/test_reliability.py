@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
 
 from diffusers_memctl.cli.train import main, parse_training_options
 from diffusers_memctl.evaluation import evaluate_run
@@ -32,10 +34,9 @@ from diffusers_memctl.run_folder import (
     RunFolderBusyError,
     UnsafeCheckpointError,
     disk_full_guard,
-    load_state_file,
     run_lock,
 )
-from diffusers_memctl.training import train
+from diffusers_memctl.training import EMA_CONFIG_KEYS, train
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training_scripts" / "train_memctl.py"
@@ -275,8 +276,13 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_unpickled(finishe
 def test_checkpoints_hold_no_pickle_and_resume_exactly(finished_run, tmp_path):
     checkpoint = finished_run / "checkpoints" / "checkpoint-4"
     assert not list(checkpoint.glob("custom_checkpoint_*"))
-    ema = load_state_file(checkpoint / "ema.safetensors")
-    assert ema["optimization_step"] == 4 and all(isinstance(t, torch.Tensor) for t in ema["shadow_params"])
+    # The EMA state is the config of unet_ema/ (EMAModel.save_pretrained's format) beside safetensors weights.
+    ema_config = json.loads((checkpoint / "unet_ema" / "config.json").read_text())
+    assert ema_config["optimization_step"] == 4
+    assert sorted(p.name for p in (checkpoint / "unet_ema").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     run = _interrupted_copy(finished_run, tmp_path)
     shutil.rmtree(run / "checkpoints" / "checkpoint-4")
     result, _ = main(_argv(run, "--resume_from_checkpoint", "latest"))  # from checkpoint-2
@@ -289,9 +295,18 @@ def test_a_trusted_checkpoint_of_version_0_1_still_resumes(finished_run, tmp_pat
     run = _interrupted_copy(finished_run, tmp_path)
     shutil.rmtree(run / "checkpoints" / "checkpoint-4")
     checkpoint = run / "checkpoints" / "checkpoint-2"
-    torch.save(load_state_file(checkpoint / "ema.safetensors"), checkpoint / "custom_checkpoint_0.pkl")
+    # Version 0.1 layout: accelerate's flat model.safetensors, EMA state pickled, no unet/ or unet_ema/ folders.
+    ema_config = json.loads((checkpoint / "unet_ema" / "config.json").read_text())
+    averaged = load_file(checkpoint / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    names = list(load_file(checkpoint / "unet" / "diffusion_pytorch_model.safetensors"))
+    order = [name for name, _ in UNet2DModel.from_pretrained(checkpoint / "unet").named_parameters()]
+    assert set(order) <= set(names)
+    ema_state = {key: ema_config[key] for key in EMA_CONFIG_KEYS} | {"shadow_params": [averaged[n] for n in order]}
+    torch.save(ema_state, checkpoint / "custom_checkpoint_0.pkl")
     torch.save({}, checkpoint / "custom_checkpoint_1.pkl")
-    (checkpoint / "ema.safetensors").unlink()
+    os.replace(checkpoint / "unet" / "diffusion_pytorch_model.safetensors", checkpoint / "model.safetensors")
+    shutil.rmtree(checkpoint / "unet")
+    shutil.rmtree(checkpoint / "unet_ema")
     (checkpoint / "sampler_state.safetensors").unlink()
     with pytest.raises(UnsafeCheckpointError):
         main(_argv(run, "--resume_from_checkpoint", "latest"))
@@ -301,7 +316,7 @@ def test_a_trusted_checkpoint_of_version_0_1_still_resumes(finished_run, tmp_pat
 
 def test_a_truncated_checkpoint_names_the_file_and_the_previous_checkpoint(finished_run, tmp_path):
     run = _interrupted_copy(finished_run, tmp_path)
-    model = run / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    model = run / "checkpoints" / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     with pytest.raises(CheckpointError) as info:
         main(_argv(run, "--resume_from_checkpoint", "latest", steps=6))
@@ -494,7 +509,7 @@ def test_published_files_hold_no_absolute_path_and_follow_the_umask(tmp_path):
         "training_config.json",
         "metrics.json",
         "unet/diffusion_pytorch_model.safetensors",
-        "checkpoints/checkpoint-2/model.safetensors",
-        "checkpoints/checkpoint-2/ema.safetensors",
+        "checkpoints/checkpoint-2/unet/diffusion_pytorch_model.safetensors",
+        "checkpoints/checkpoint-2/unet_ema/diffusion_pytorch_model.safetensors",
     ):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name

@@ -497,3 +497,32 @@ def test_two_process_launch_runs_every_cell_of_the_sweep(sweep, tmp_path):
         assert counts == [64, 64], name  # each logged step holds both ranks' 32 timesteps
     with open(sweep_dir / "sweep_results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
+
+
+def test_sweep_files_publish_no_absolute_path(sweep):
+    # sweep_config.json and sweep_results.csv are uploaded with the sweep: local paths are relative to the folder.
+    sweep_dir = sweep["dir"]
+    root = str(sweep_dir.resolve().parent)
+    for name in ("sweep_config.json", "sweep_results.csv"):
+        assert root not in (sweep_dir / name).read_text(), name
+    rows = list(csv.DictReader((sweep_dir / "sweep_results.csv").open()))
+    assert {row["run_dir"] for row in rows} == {f"cells/{name}" for name in RUN_NAMES}
+    # Read back, the relative run folders resolve against the CSV's folder, whatever the working directory.
+    from diffusers_memctl.sweep import read_results_csv
+
+    assert {Path(row["run_dir"]) for row in read_results_csv(sweep_dir / "sweep_results.csv")} == {
+        (sweep_dir / "cells" / name).resolve() for name in RUN_NAMES
+    }
+
+
+def test_shared_settings_publish_the_pretrained_run_relative(tmp_path):
+    from diffusers_memctl.cli.train import parse_training_options
+    from diffusers_memctl.sweep import _shared_settings
+
+    (tmp_path / "pre").mkdir()
+    options = parse_training_options(["--output_dir", str(tmp_path / "x"), "--train_data_dir", str(tmp_path / "pre")])
+    sweep_args = SweepArguments(sweep_dir=str(tmp_path / "s"), pretrained_run=str(tmp_path / "pre"))
+    settings = _shared_settings(options, sweep_args)
+    assert settings["sweep"]["pretrained_run"] == "../pre"
+    assert settings["training"]["train_data_dir"] == "../pre"
+    assert str(tmp_path) not in json.dumps(settings)

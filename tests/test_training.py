@@ -20,12 +20,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 from scipy.stats import norm
 
 from diffusers_memctl.cli.train import main, parse_training_options
 from diffusers_memctl.data import TrainingData
-from diffusers_memctl.run_folder import load_state_file
 from diffusers_memctl.scheduling_memctl import MemCtlDDPMScheduler
 from diffusers_memctl.training import NonFiniteLossError, build_model, epoch_batches, step_generator, train
 
@@ -242,19 +242,23 @@ def test_saved_unet_holds_the_ema_weights_only_with_use_ema(use_ema, digits_run,
         main(_argv(run, "--use_ema", "false", "--checkpointing_steps", "2", "--learning_rate", "1e-3", steps=steps))
     checkpoint = run / "checkpoints" / f"checkpoint-{steps}"
     saved = load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
-    raw = load_file(checkpoint / "model.safetensors")  # the trained (non-averaged) weights at the last step
+    # The checkpoint holds the trained (non-averaged) weights at the last step as a diffusers folder, as diffusers'
+    # train_unconditional.py writes it, and no accelerate model.safetensors beside it.
+    raw_model = UNet2DModel.from_pretrained(checkpoint, subfolder="unet")
+    raw = {name: value.detach() for name, value in raw_model.state_dict().items()}
+    assert not (checkpoint / "model.safetensors").exists()
     if not use_ema:
         assert _max_abs_diff(saved, raw) == 0.0
+        assert not (checkpoint / "unet_ema").exists()
         return
     assert _max_abs_diff(saved, raw) > 1e-6, "with EMA the saved model must not be the raw trained weights"
-    # EMA state is kept as safetensors + JSON metadata: no pickle in a checkpoint.
-    assert not list(checkpoint.glob("custom_checkpoint_*"))
-    ema_state = load_state_file(checkpoint / "ema.safetensors")
-    assert ema_state["optimization_step"] == steps
-    unet = UNet2DModel.from_pretrained(run / "unet")
-    names = [name for name, _ in unet.named_parameters()]
-    assert len(names) == len(ema_state["shadow_params"])
-    for name, shadow in zip(names, ema_state["shadow_params"]):
+    # EMA in unet_ema/: the averaged weights, and the EMA state in its config; no pickle in a checkpoint.
+    assert not list(checkpoint.glob("custom_checkpoint_*")) and not (checkpoint / "ema.safetensors").exists()
+    averaged = UNet2DModel.from_pretrained(checkpoint, subfolder="unet_ema")
+    assert _max_abs_diff(saved, averaged.state_dict()) == 0.0
+    ema = EMAModel.from_pretrained(checkpoint / "unet_ema", model_cls=UNet2DModel)
+    assert ema.optimization_step == steps
+    for name, shadow in zip([n for n, _ in averaged.named_parameters()], ema.shadow_params):
         torch.testing.assert_close(saved[name], shadow, rtol=0, atol=0)
 
 
@@ -356,7 +360,8 @@ def test_ecg5000_signals_train_reload_and_generate(shared_data, tmp_path):
     assert config["modality"] == "signal" and config["data"]["sample_shape"] == [1, 140]
     _assert_history(run, 3, 16)
 
-    pipeline = DDPM1DPipeline.from_pretrained(run)
+    # A run folder carries its UNet as remote code (it loads with diffusers alone): loading it is an explicit opt-in.
+    pipeline = DDPM1DPipeline.from_pretrained(run, trust_remote_code=True)
     pipeline.set_progress_bar_config(disable=True)
     signals = pipeline(batch_size=3, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).signals
     assert signals.shape == (3, 1, 140)
@@ -454,8 +459,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     uninterrupted = load_file(reference / "unet" / "diffusion_pytorch_model.safetensors")
     assert _max_abs_diff(resumed, uninterrupted) <= 1e-6
     # ... and the run actually trained: the weights moved between the first and the last checkpoint.
-    first = load_file(reference / "checkpoints" / f"checkpoint-{every}" / "model.safetensors")
-    last = load_file(reference / "checkpoints" / f"checkpoint-{steps - steps % every}" / "model.safetensors")
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    first = load_file(reference / "checkpoints" / f"checkpoint-{every}" / weights)
+    last = load_file(reference / "checkpoints" / f"checkpoint-{steps - steps % every}" / weights)
     assert _max_abs_diff(first, last) > 1e-4
 
 
@@ -618,7 +624,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         train(options, data=TrainingData(samples, "image"))
     assert [r["step"] for r in _history(run)] == [1, 2]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
-    weights = load_file(run / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    weights = load_file(run / "checkpoints" / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not (run / "model_index.json").exists()  # no diverged model is published as the result
 
@@ -658,12 +664,21 @@ def test_num_epochs_zero_is_refused_without_max_train_steps(tmp_path):
     assert not run.exists()
 
 
-def test_a_launch_that_accelerate_runs_as_a_single_process_is_refused(tmp_path, monkeypatch):
-    """torchrun on a CPU-only machine without ACCELERATE_USE_CPU: each process would train alone into one folder."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_accelerates_simple_cpu_launch_of_two_processes_is_refused_with_the_launch_that_works(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: it must not pass for a two-process run."""
     run = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU"):
-        main(_argv(run, "--max_train_samples", "32"))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        "--main_process_port", str(_free_port()), str(TRAIN_SCRIPT), *_argv(run, "--max_train_samples", "32"),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, cwd=tmp_path, env=_subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode != 0
+    error = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, completed.stderr[-3000:]
+    assert "starts ONE process" in error[0] and "torchrun --nproc_per_node N" in error[0]
+    assert "accelerate launch --multi_gpu --num_processes N" in error[0]
     assert not run.exists()
 
 

@@ -19,10 +19,12 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..run_folder import CheckpointError, DiskFullError, RunFolderBusyError, UnsafeCheckpointError
+    from ..runner import AfterTrainingError
     from ..training import NonFiniteLossError
 
     return (
         *_USER_ERRORS,
+        AfterTrainingError,
         CheckpointError,
         DiskFullError,
         RunFolderBusyError,

@@ -176,6 +176,7 @@ def load_training_data(data_args: Any) -> TrainingData:
             classes=_parse_classes(data_args.classes),
             sequence_column=data_args.sequence_column,
             max_train_samples=data_args.max_train_samples,
+            config_name=data_args.dataset_config_name,
         )
         if samples.shape[0] == 0:
             raise ValueError(f"signal dataset {data_args.dataset_name!r} with classes={data_args.classes!r} is empty")
@@ -188,8 +189,12 @@ def load_training_data(data_args: Any) -> TrainingData:
         image_column=data_args.image_column,
         cache_dir=data_args.cache_dir,
         max_train_samples=data_args.max_train_samples,
+        config_name=data_args.dataset_config_name,
     )
-    processed = preprocess_images(dataset, column, resolution, center_crop=data_args.center_crop)
+    workers = data_args.dataloader_num_workers
+    processed = preprocess_images(
+        dataset, column, resolution, center_crop=data_args.center_crop, num_proc=workers if workers > 0 else None
+    )
     info = {
         "num_samples": len(processed.samples),
         "image_column": column,

@@ -26,6 +26,8 @@ from datasets.data_files import EmptyDatasetError
 from diffusers.utils import logging
 from PIL import Image as PILImage
 
+from .ucr import SIGNAL_DATASET_PRESETS
+
 logger = logging.get_logger(__name__)
 
 IMAGE_DATASET_PRESETS: dict[str, str | None] = {
@@ -97,10 +99,18 @@ def _empty_dataset_error(source: Any, split: str) -> ValueError:
     return ValueError(f"The dataset {str(source)!r} (split {split!r}) is empty: there are no images to train on.")
 
 
-def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Dataset:
+def _no_configurations(path: Path, config_name: str | None) -> None:
+    if config_name is not None:
+        raise ValueError(
+            f"--dataset_config_name {config_name!r}: {str(path)!r} has no configurations (only Hub datasets and "
+            "local dataset folders in Hub format, with data files and a README.md `configs:` section, have them)"
+        )
+
+
+def _load_local(path: Path, split: str, cache_dir: str | None, config_name: str | None = None) -> datasets.Dataset:
     """Load a local path, turning the various ways `datasets` fails on empty data into one clear error."""
     try:
-        return _load_local_unchecked(path, split, cache_dir)
+        return _load_local_unchecked(path, split, cache_dir, config_name)
     except EmptyDatasetError as error:  # an imagefolder or data directory without any data file
         raise _empty_dataset_error(path, split) from error
     except ValueError as error:
@@ -109,9 +119,12 @@ def _load_local(path: Path, split: str, cache_dir: str | None) -> datasets.Datas
         raise
 
 
-def _load_local_unchecked(path: Path, split: str, cache_dir: str | None) -> datasets.Dataset:
+def _load_local_unchecked(
+    path: Path, split: str, cache_dir: str | None, config_name: str | None = None
+) -> datasets.Dataset:
     """Load a local imagefolder, parquet/arrow file(s) or `save_to_disk` folder as one split."""
     if path.is_file():
+        _no_configurations(path, config_name)
         suffix = path.suffix.lower()
         if suffix not in _DATA_FILE_SUFFIXES:
             raise ValueError(
@@ -120,6 +133,7 @@ def _load_local_unchecked(path: Path, split: str, cache_dir: str | None) -> data
             )
         return datasets.load_dataset(suffix[1:], data_files=str(path), split=split, cache_dir=cache_dir)
     if _is_save_to_disk_folder(path):
+        _no_configurations(path, config_name)
         state = path / "state.json"
         if state.is_file() and not json.loads(state.read_text()).get("_data_files", [None]):
             raise _empty_dataset_error(path, split)  # `load_from_disk` fails with an IndexError on these
@@ -133,7 +147,8 @@ def _load_local_unchecked(path: Path, split: str, cache_dir: str | None) -> data
     if has_data_files:
         # The packaged-module inference of `load_dataset` picks parquet/arrow and the split names from the file
         # names (`data/train-00000-of-00001.parquet`), exactly as for a Hub repository.
-        return datasets.load_dataset(str(path), split=split, cache_dir=cache_dir)
+        return datasets.load_dataset(str(path), config_name, split=split, cache_dir=cache_dir)
+    _no_configurations(path, config_name)
     return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
 
 
@@ -141,9 +156,11 @@ def _hub_is_offline() -> bool:
     return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or datasets.config.HF_DATASETS_OFFLINE)
 
 
-def _load_hub(repo_id: str, name: str, split: str, cache_dir: str | None) -> datasets.Dataset:
+def _load_hub(
+    repo_id: str, name: str, split: str, cache_dir: str | None, config_name: str | None = None
+) -> datasets.Dataset:
     try:
-        return datasets.load_dataset(repo_id, split=split, cache_dir=cache_dir)
+        return datasets.load_dataset(repo_id, config_name, split=split, cache_dir=cache_dir)
     except Exception as error:  # the failure modes of `load_dataset` are many; all mean "this name did not load"
         offline = (
             " The Hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set): only presets embedded in the "
@@ -153,7 +170,8 @@ def _load_hub(repo_id: str, name: str, split: str, cache_dir: str | None) -> dat
         )
         raise ValueError(
             f"Could not load the dataset {name!r}: it is not a local path and loading {repo_id!r} from the Hub "
-            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: {sorted(IMAGE_DATASET_PRESETS)}; "
+            f"failed ({type(error).__name__}: {error}).{offline} Valid presets: "
+            f"{sorted([*IMAGE_DATASET_PRESETS, *SIGNAL_DATASET_PRESETS])}; "
             "otherwise pass a Hub dataset id or an existing local path (imagefolder directory, parquet/arrow "
             "file(s) or a `save_to_disk` folder)."
         ) from error
@@ -186,6 +204,7 @@ def load_image_dataset(
     image_column: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_train_samples: int | None = None,
+    config_name: str | None = None,
 ) -> tuple[datasets.Dataset, str]:
     """
     Load an image dataset and find its image column.
@@ -208,6 +227,8 @@ def load_image_dataset(
             The `datasets` cache directory.
         max_train_samples (`int`, *optional*):
             Keep only the first `max_train_samples` rows (deterministic; no shuffling).
+        config_name (`str`, *optional*):
+            The configuration of a Hub dataset or of a local dataset folder in Hub format (`--dataset_config_name`).
 
     Returns:
         `tuple[datasets.Dataset, str]`: the dataset and the name of its image column.
@@ -227,7 +248,7 @@ def load_image_dataset(
                 f"train_data_dir {str(train_data_dir)!r} does not exist; expected an imagefolder directory, "
                 "parquet/arrow file(s) or a `save_to_disk` folder."
             )
-        dataset = _load_local(path, split, cache_dir)
+        dataset = _load_local(path, split, cache_dir, config_name)
         source = str(train_data_dir)
     else:
         name = "digits" if dataset_name is None else dataset_name
@@ -235,18 +256,19 @@ def load_image_dataset(
         if name in IMAGE_DATASET_PRESETS and IMAGE_DATASET_PRESETS[name] is None:
             if split != "train":
                 raise ValueError(f"The embedded {name!r} dataset has only the 'train' split, got split={split!r}.")
+            _no_configurations(Path(name), config_name)
             dataset = load_digits_dataset()
         elif name in IMAGE_DATASET_PRESETS:
-            dataset = _load_hub(IMAGE_DATASET_PRESETS[name], name, split, cache_dir)
+            dataset = _load_hub(IMAGE_DATASET_PRESETS[name], name, split, cache_dir, config_name)
         elif Path(name).expanduser().exists():
-            dataset = _load_local(Path(name).expanduser(), split, cache_dir)
+            dataset = _load_local(Path(name).expanduser(), split, cache_dir, config_name)
         elif name.startswith((".", "/", "~")) or "\\" in name:
             raise FileNotFoundError(
                 f"dataset_name {name!r} looks like a local path but does not exist; valid presets: "
                 f"{sorted(IMAGE_DATASET_PRESETS)}, or a Hub dataset id."
             )
         else:
-            dataset = _load_hub(name, name, split, cache_dir)
+            dataset = _load_hub(name, name, split, cache_dir, config_name)
 
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(

@@ -492,6 +492,7 @@ def load_signal_dataset(
     classes: list[int | str] | None = None,
     sequence_column: str | None = None,
     max_train_samples: int | None = None,
+    config_name: str | None = None,
 ) -> torch.Tensor:
     """
     Load a signal dataset as one float32 tensor of shape `(N, 1, L)`, used as given (no rescaling).
@@ -521,6 +522,8 @@ def load_signal_dataset(
             Column holding the signals of a `datasets` source.
         max_train_samples (`int`, *optional*):
             Keep only the first this many rows (after the class filter), as in diffusers' training scripts.
+        config_name (`str`, *optional*):
+            The configuration of a Hub dataset or of a local dataset folder in Hub format (`--dataset_config_name`).
 
     Returns:
         `torch.Tensor`: float32 signals of shape `(N, 1, L)` (or `(N, C, L)` for multichannel `datasets` rows).
@@ -535,6 +538,13 @@ def load_signal_dataset(
         )
 
     preset_key = dataset_name.lower() if isinstance(dataset_name, str) else None
+    path = Path(dataset_name if dataset_name is not None else data_dir).expanduser()
+    hub_format = not path.exists() or (path.is_dir() and not _is_ucr_directory(path) and not _is_saved_dataset(path))
+    if config_name is not None and (preset_key in SIGNAL_DATASET_PRESETS or not hub_format):
+        raise ValueError(
+            f"--dataset_config_name {config_name!r}: {str(dataset_name or data_dir)!r} has no configurations (only "
+            "Hub datasets and local dataset folders in Hub format have them)"
+        )
     if preset_key in SIGNAL_DATASET_PRESETS:
         preset = SIGNAL_DATASET_PRESETS[preset_key]
         if data_dir is None:
@@ -555,14 +565,14 @@ def load_signal_dataset(
         source = dataset_name if dataset_name is not None else data_dir
         path = Path(source).expanduser()
         if path.exists():
-            values = _load_local_signals(path, split, classes, sequence_column)
+            values = _load_local_signals(path, split, classes, sequence_column, config_name)
         elif data_dir is not None or _looks_like_path(str(source)):
             raise FileNotFoundError(f"signal data not found: {path}")
         else:
             import datasets
 
             values = _signals_from_datasets(
-                datasets.load_dataset(str(source)), str(source), split, classes, sequence_column
+                datasets.load_dataset(str(source), config_name), str(source), split, classes, sequence_column
             )
 
     if max_train_samples is not None:
@@ -570,7 +580,13 @@ def load_signal_dataset(
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
-def _load_local_signals(path: Path, split: str, classes, sequence_column: str | None) -> np.ndarray:
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _load_local_signals(
+    path: Path, split: str, classes, sequence_column: str | None, config_name: str | None = None
+) -> np.ndarray:
     import datasets
 
     suffix = path.suffix.lower()
@@ -586,10 +602,10 @@ def _load_local_signals(path: Path, split: str, classes, sequence_column: str | 
         )
     if _is_ucr_directory(path):
         return load_ucr_dataset(path, split=split, classes=classes).values[:, None, :]
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+    if _is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
     else:
-        loaded = datasets.load_dataset(str(path))
+        loaded = datasets.load_dataset(str(path), config_name)
     return _signals_from_datasets(loaded, str(path), split, classes, sequence_column)
 
 

@@ -7,9 +7,13 @@ used for the ECG5000 experiments of "Memorization Control in Diffusion Models fr
 call runs under `torch.inference_mode`; wrap it in `torch.autocast(device_type, dtype=torch.bfloat16)` to run the model
 in bf16 (the signals and the scheduler arithmetic stay in the model's dtype).
 
-Importing this module also imports `diffusers_memctl.models.unet_1d_memctl`, the module that `save_pretrained` records
-for the `unet` component in `model_index.json`; diffusers resolves that entry from `sys.modules`, so
-`DDPM1DPipeline.from_pretrained(folder)` needs no extra arguments.
+This file imports nothing of diffusers-memctl: run folders carry a verbatim copy of it (and of the UNet's module) as
+diffusers remote code, so that `DiffusionPipeline.from_pretrained(run, trust_remote_code=True)` works where
+diffusers-memctl is not installed (see `diffusers_memctl.pipelines.remote_code`). Importing
+`diffusers_memctl.pipelines` also imports `diffusers_memctl.models.unet_1d_memctl`, the module that `save_pretrained`
+records for the `unet` component when a pipeline object is saved; diffusers resolves that entry from `sys.modules`.
+A run folder instead names the folder's own copy (`unet/unet_1d_memctl.py`), so loading one needs
+`trust_remote_code=True`, with this class as with `DiffusionPipeline`.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-
-from ..models.unet_1d_memctl import UNet1DMemCtlModel
 
 __all__ = ["DDPM1DPipeline", "SignalPipelineOutput"]
 
@@ -61,7 +64,7 @@ class DDPM1DPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet1DMemCtlModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
