@@ -88,7 +88,6 @@ EVALUATE_MODULES = (
 # --------------------------------------------------------------------------------------------------------------------
 
 
-
 def _as_1d(x: Any, name: str) -> np.ndarray:
     arr = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
     if arr.ndim != 1 or arr.size == 0:
