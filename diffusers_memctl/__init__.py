@@ -34,6 +34,7 @@ from .metrics import (
     signal_js,
 )
 from .models import UNET_1D_PRESETS, UNET_2D_PRESETS, UNet1DMemCtlModel, create_unet_1d, create_unet_2d
+from .neighbors import NeighborIndex, clear_neighbor_cache
 from .pipelines import DDPM1DPipeline, SignalPipelineOutput
 from .scheduling_memctl import (
     MEMCTL_CONFIG_DEFAULTS,
@@ -65,12 +66,14 @@ __all__ = [
     "MemCtlDDIMScheduler",
     "MemCtlDDPMScheduler",
     "MemorizationControlMixin",
+    "NeighborIndex",
     "SignalPipelineOutput",
     "TimestepSampler",
     "UNet1DMemCtlModel",
     "__version__",
     "ci_normal_parameters",
     "ci_normal_timestep_probs",
+    "clear_neighbor_cache",
     "compute_feature_metrics",
     "compute_loss_weights",
     "compute_metrics",

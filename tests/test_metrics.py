@@ -10,7 +10,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from diffusers_memctl import metrics
+from diffusers_memctl import brute_force, metrics
 from diffusers_memctl.metrics import (
     compute_metrics,
     evaluate_module_path,
@@ -122,12 +122,12 @@ def test_nearest_neighbors_exact_ties_take_lower_index():
 def test_nearest_neighbors_reduced_matmul_precision_still_exact(monkeypatch, setting):
     gen, train = _random((20, 64), seed=9), _random((90, 64), seed=10)
     expected = nearest_neighbors(gen, train, k=3)
-    assert metrics._candidate_precision(torch.device("cpu"))[0] == torch.float32
+    assert brute_force._candidate_precision(torch.device("cpu"))[0] == torch.float32
     if setting == "legacy_high":
         monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
     else:
         monkeypatch.setattr(torch.backends.mkldnn, "matmul", types.SimpleNamespace(fp32_precision="bf16"))
-    assert metrics._candidate_precision(torch.device("cpu"))[0] == torch.float64
+    assert brute_force._candidate_precision(torch.device("cpu"))[0] == torch.float64
     d, i = nearest_neighbors(gen, train, k=3)
     assert torch.equal(i, expected[1])
     np.testing.assert_allclose(d.numpy(), expected[0].numpy(), rtol=1e-14)
@@ -527,10 +527,10 @@ def test_bf16_bound_holds_for_correlated_data():
     rng = np.random.default_rng(3)
     a = torch.from_numpy(rng.uniform(0.5, 1.0, (40, 3000)).astype(np.float32))
     b = torch.from_numpy(rng.uniform(0.5, 1.0, (70, 3000)).astype(np.float32))
-    a_sq, b_sq = metrics._squared_norms(a), metrics._squared_norms(b)
-    a_low, a_low_n, a_res = metrics._bf16_split(a, a_sq.sqrt())
-    b_low, b_low_n, b_res = metrics._bf16_split(b, b_sq.sqrt())
-    sq, bound = metrics._bf16_bounds(a_low @ b_low.T, (a_sq, a_low_n, a_res), (b_sq, b_low_n, b_res), 3000)
+    a_sq, b_sq = brute_force._squared_norms(a), brute_force._squared_norms(b)
+    a_low, a_low_n, a_res = brute_force._bf16_split(a, a_sq.sqrt())
+    b_low, b_low_n, b_res = brute_force._bf16_split(b, b_sq.sqrt())
+    sq, bound = brute_force._bf16_bounds(a_low @ b_low.T, (a_sq, a_low_n, a_res), (b_sq, b_low_n, b_res), 3000)
     true = torch.from_numpy(_direct_distances(a.numpy(), b.numpy()) ** 2)
     assert bool(((sq - true).abs() <= bound).all())
     assert float((sq - true).abs().max()) > 0  # the bf16 path is approximate: the bound is doing work
