@@ -179,12 +179,15 @@ def sample_distance_check(metrics: dict[str, float], reference: dict[str, float]
         return {"ratio": None, "far_from_data": None, "line": line}
     ratio = float(generated) / float(own)
     far = ratio > FAR_FROM_DATA_RATIO
-    verdict = (
-        f"FAR from the data (more than {FAR_FROM_DATA_RATIO:g}x): the model is undertrained or broken, and its "
-        "memorization metrics say nothing"
-        if far
-        else "near the data, as close as its own samples are to each other or closer"
-    )
+    if far:
+        verdict = (
+            f"FAR from the data (more than {FAR_FROM_DATA_RATIO:g}x): the model is undertrained or broken, and its "
+            "memorization metrics say nothing"
+        )
+    elif ratio <= 1:
+        verdict = "near the data, as close to it as its own samples are to each other or closer"
+    else:
+        verdict = f"near the data, within {FAR_FROM_DATA_RATIO:g}x the spacing of its own samples"
     line = (
         f"samples vs data: median distance to the nearest training sample {generated:.3g}, the training set's own "
         f"leave-one-out spacing {own:.3g} (ratio {ratio:.2f}): {verdict}"

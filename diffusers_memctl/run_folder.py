@@ -707,6 +707,10 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     """
     from safetensors import safe_open
 
+    # A model folder (unet/, unet_ema/) whose config survived but whose weights did not.
+    for config in sorted(checkpoint.glob("*/config.json")):
+        if not list(config.parent.glob("*.safetensors")):
+            return config.parent / "diffusion_pytorch_model.safetensors", "missing"
     # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
     files = sorted((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".safetensors", p))
     for path in files:

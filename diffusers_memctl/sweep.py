@@ -220,6 +220,11 @@ def shard_cells(
     return cells[shard_index::num_shards]
 
 
+def _is_cell_finished(run_dir: Path) -> bool:
+    """A sweep cell is finished when it is evaluated and its card (written last) is there."""
+    return is_run_evaluated(run_dir) and (run_dir / "README.md").is_file()
+
+
 def is_run_evaluated(run_dir: str | Path) -> bool:
     """Whether a run folder holds a valid metric report of its own run (the sweep's "finished" test).
 
@@ -402,13 +407,13 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool 
     logger.info("%d cells in the sweep, %d in this shard", len(cells), len(mine))
     for index, cell in enumerate(mine):
         run_dir = sweep_dir / CELLS_DIR / cell.run_name
-        if is_run_evaluated(run_dir):
+        if _is_cell_finished(run_dir):
             logger.info("[%d/%d] %s finished: skipped", index + 1, len(mine), cell.run_name)
             continue
         with _main_process_holds(state, run_dir, wait=False) as held:
             if not held:
                 logger.info("[%d/%d] %s is run by another process: skipped", index + 1, len(mine), cell.run_name)
-            elif is_run_evaluated(run_dir):  # finished by another process since the check above
+            elif _is_cell_finished(run_dir):  # finished by another process since the check above
                 logger.info("[%d/%d] %s finished: skipped", index + 1, len(mine), cell.run_name)
             else:
                 _run_cell(options, cell, run_dir, pretrained, state, f"[{index + 1}/{len(mine)}]")
@@ -431,7 +436,8 @@ def _run_cell(
         # Training finished but the evaluation did not: only evaluate.
         logger.info("%s %s trained: evaluating", tag, cell.run_name)
         if state.is_main_process and cell_opts.evaluation.eval_num_samples > 0:
-            evaluate_options(cell_opts, progress=False)
+            if not is_run_evaluated(run_dir):  # a kill may have come between the report and the card
+                evaluate_options(cell_opts, progress=False)
             # As run_training_job does after its evaluation: the card carries the new metrics.
             from .hub import write_model_card
 

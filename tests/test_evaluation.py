@@ -335,6 +335,8 @@ def test_sample_check_flags_samples_far_from_the_data():
     far = sample_distance_check({"nn_l2_median": 9.0}, {"nn_l2_median": 2.85})
     assert far["far_from_data"] is True and far["ratio"] > FAR_FROM_DATA_RATIO
     assert "FAR from the data" in far["line"] and "2.85" in far["line"]
+    between = sample_distance_check({"nn_l2_median": 1.5}, {"nn_l2_median": 1.0})
+    assert between["far_from_data"] is False and "within 2x" in between["line"] and "or closer" not in between["line"]
     unknown = sample_distance_check({"nn_l2_median": 1.0}, {})
     assert unknown["far_from_data"] is None and "no leave-one-out reference" in unknown["line"]
 

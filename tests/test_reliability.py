@@ -738,14 +738,13 @@ def _short_safetensors_write(target_fragment: str):
 @pytest.mark.parametrize("where", ["checkpoint", "final weights"])
 def test_5_disk_full_inside_safetensors_saves_names_the_path_and_leaves_no_partial_file(tmp_path, monkeypatch, where):
     """The finding: `unexpected SafetensorError ... No space left on device`, no path, a partial checkpoint left."""
-    import accelerate.utils.other
     import safetensors.torch
 
     run = tmp_path / "run"
-    if where == "checkpoint":
-        monkeypatch.setattr(accelerate.utils.other, "safe_save_file", _short_safetensors_write("checkpoint-4"))
-    else:
-        monkeypatch.setattr(safetensors.torch, "save_file", _short_safetensors_write("diffusion_pytorch_model"))
+    # Checkpoints hold unet/ (and unet_ema/) written by diffusers' save_pretrained, which calls safetensors'
+    # save_file, like the final pipeline (built in a staging folder, then swapped in).
+    fragment = "checkpoint-4" if where == "checkpoint" else "staging-pipeline"
+    monkeypatch.setattr(safetensors.torch, "save_file", _short_safetensors_write(fragment))
     with pytest.raises(DiskFullError, match="no space left on device") as info:
         main(_argv(run, steps=4))
     message = str(info.value)
@@ -761,7 +760,11 @@ def test_5_disk_full_inside_safetensors_saves_names_the_path_and_leaves_no_parti
 
 @pytest.mark.parametrize(
     ("name", "damage"),
-    [("ema.safetensors", "missing"), ("sampler_state.safetensors", "truncated"), ("scheduler.bin", "truncated")],
+    [
+        ("unet_ema/diffusion_pytorch_model.safetensors", "missing"),
+        ("sampler_state.safetensors", "truncated"),
+        ("scheduler.bin", "truncated"),
+    ],
 )
 def test_6_an_unreadable_checkpoint_names_the_file_that_is_actually_bad(finished_run, tmp_path, name, damage):
     """The finding: every such error blamed the untouched random_states_0.pkl."""
