@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from . import multiple_testing
 from .methods import resolve_method
 from .plotting import save_figure
 from .run_folder import write_json_atomic, write_text_atomic
@@ -229,14 +230,10 @@ def paired_summary(values: list[float]) -> dict[str, Any]:
 
 def holm_adjust(tests: list[dict[str, Any]]) -> None:
     """Add ``p_holm`` to every test with a p (one family), by statsmodels' Holm step-down."""
-    from statsmodels.stats.multitest import multipletests
-
-    with_p = [t for t in tests if t.get("p") is not None]
-    if not with_p:
-        return
-    _, adjusted, _, _ = multipletests([t["p"] for t in with_p], alpha=ALPHA, method="holm")
-    for test, p_holm in zip(with_p, adjusted):
-        test["p_holm"] = float(p_holm)
+    # The project's one Holm implementation (tests without a finite p are no tests and get none).
+    for test, p_holm in zip(tests, multiple_testing.holm_adjust([t.get("p") for t in tests])):
+        if p_holm is not None:
+            test["p_holm"] = p_holm
 
 
 def _verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
