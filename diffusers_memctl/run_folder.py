@@ -134,20 +134,23 @@ def _lock(folder: Path):
 
 def _acquire(folder: Path, *, wait: bool):
     """Acquire the lock of `folder` (created when missing); returns ``(lock, created)`` or raises `Timeout`."""
-    created = not folder.exists()
+    created = _is_new_folder(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} exists and is not a directory")
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
-    try:
-        lock.acquire(timeout=-1 if wait else 0)
-    except BaseException:
-        if created:
-            _remove_if_empty(folder)
-        raise
+    # On failure nothing is removed, even when `folder` was missing a moment ago: another process created it in
+    # between and holds its lock. Removing its lock file would let a third process lock a new one and write into the
+    # same folder (two sweep workers training one cell, one deleting the other's checkpoint under way).
+    lock.acquire(timeout=-1 if wait else 0)
     if getattr(lock, "lock_counter", 1) == 1 and not created:
         _clean_after_dead_writers(folder)
     return lock, created
+
+
+def _is_new_folder(folder: Path) -> bool:
+    """Whether `folder` does not exist yet (then the lock that creates it removes it again if nothing is written)."""
+    return not folder.exists()
 
 
 def _clean_after_dead_writers(folder: Path) -> None:
@@ -165,18 +168,23 @@ def _clean_after_dead_writers(folder: Path) -> None:
 
 def _release(folder: Path, lock: Any, created: bool) -> None:
     outermost = getattr(lock, "lock_counter", 1) == 1
+    # A folder this lock created and nothing else wrote to (e.g. the data failed to load) is not left behind. Its lock
+    # file is unlinked while still held: unlinked after the release, it could be a lock another process has just
+    # taken, and a third process would then lock a new file in the same folder.
+    empty = outermost and created and _unlink_lock_if_alone(folder)
     lock.release()
-    if outermost and created:
-        # A folder this lock created and nothing else wrote to (e.g. the data failed to load) is not left behind.
-        _remove_if_empty(folder)
+    if empty:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # fails harmlessly if a process that waited on the unlinked lock wrote in the meantime
 
 
-def _remove_if_empty(folder: Path) -> None:
+def _unlink_lock_if_alone(folder: Path) -> bool:
+    """Unlink the lock file of `folder` if nothing else is in it (the caller holds the lock); whether it did."""
     with contextlib.suppress(OSError):
-        leftovers = [p for p in folder.iterdir() if p.name != LOCK_NAME]
-        if not leftovers:
+        if all(p.name == LOCK_NAME for p in folder.iterdir()):
             (folder / LOCK_NAME).unlink(missing_ok=True)
-            folder.rmdir()
+            return True
+    return False
 
 
 def _busy_message(folder: Path, flag: str) -> str:

@@ -25,6 +25,7 @@ import torch
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
+from diffusers_memctl import run_folder
 from diffusers_memctl.cli.train import main, parse_training_options
 from diffusers_memctl.evaluation import evaluate_run
 from diffusers_memctl.run_folder import (
@@ -36,6 +37,7 @@ from diffusers_memctl.run_folder import (
     UnsafeCheckpointError,
     disk_full_guard,
     run_lock,
+    try_run_lock,
 )
 from diffusers_memctl.training import EMA_CONFIG_KEYS, train
 
@@ -210,6 +212,47 @@ def test_the_lock_is_one_per_folder_and_reentrant_within_a_process(tmp_path):
         holder.wait(timeout=60)
     with run_lock(run), run_lock(run):  # the same process may take it again (sweep cell -> training -> evaluation)
         pass
+
+
+def test_a_process_that_loses_the_race_for_a_new_folder_removes_nothing(tmp_path, monkeypatch):
+    """Two sweep workers reach a cell that does not exist yet: both see it missing, one creates and locks it.
+
+    The loser must leave the folder and its lock file alone; before the fix it removed both, and a third worker then
+    locked a fresh lock file and trained the same cell, deleting the first worker's checkpoint under way (CI failure
+    of test_a_sweep_survives_workers_killed_at_random: "No such file or directory ... .checkpoint-2.partial").
+    """
+    cell = tmp_path / "cell"
+    hold = f"from diffusers_memctl.run_folder import run_lock\nimport time\nwith run_lock({str(cell)!r}):\n    print('held', flush=True)\n    time.sleep(120)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], env={**_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock_inode = (cell / LOCK_NAME).stat().st_ino
+        # This process looked before the holder created the folder (the race window, made deterministic).
+        monkeypatch.setattr(run_folder, "_is_new_folder", lambda folder: True)
+        with try_run_lock(cell) as free:
+            assert not free
+        assert (cell / LOCK_NAME).stat().st_ino == lock_inode, "the loser removed the holder's lock file"
+        monkeypatch.undo()
+        third = subprocess.run(
+            [sys.executable, "-c", f"from diffusers_memctl.run_folder import try_run_lock\nwith try_run_lock({str(cell)!r}) as free:\n    print(free)"],
+            env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert third.stdout.strip() == "False", third.stderr[-2000:]
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+def test_a_new_folder_left_empty_is_removed_with_its_lock(tmp_path):
+    cell = tmp_path / "cell"
+    with try_run_lock(cell) as free:
+        assert free and (cell / LOCK_NAME).exists()
+    assert not cell.exists()
+    with try_run_lock(cell) as free:
+        (cell / "weights").write_text("x")
+    assert (cell / "weights").exists() and (cell / LOCK_NAME).exists()
 
 
 @pytest.fixture(scope="module")
