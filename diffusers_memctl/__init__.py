@@ -5,8 +5,7 @@ Denoising-centric Perspective" (arXiv 2601.21348) with the peer samplers and los
 a 1D U-Net and pipeline for signals, memorization and distribution metrics, sweeps and Hub publishing.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .diagnostics import GradientProfile, contribution_shares, estimate_gradient_profile, profile_run
 from .features import DEFAULT_FEATURE_EXTRACTOR, FeatureCache, FeatureExtractor
 from .loss_weighting import (

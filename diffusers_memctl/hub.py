@@ -41,6 +41,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
 from .distributed import describe_extensions, describe_layout
+from .errors import HubPushError
 from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
 from .run_folder import RUN_ID_KEY, check_run_ids
 
@@ -86,21 +87,6 @@ _UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
 _EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
-
-
-class HubPushError(RuntimeError):
-    """A push to the Hub failed; local files are untouched and `retry_code` repeats the call.
-
-    Args:
-        message (`str`): What failed, for which repo, and how to retry.
-        repo_id (`str`): The target repo id.
-        retry_code (`str`): Python code that repeats the push (never contains a token).
-    """
-
-    def __init__(self, message: str, *, repo_id: str, retry_code: str) -> None:
-        super().__init__(message)
-        self.repo_id = repo_id
-        self.retry_code = retry_code
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -43,6 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import (
+    CheckpointError,
+    DiskFullError,
+    RunFolderBusyError,
+    RunFolderMismatchError,
+    UnsafeCheckpointError,
+)
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "LOCK_NAME",
@@ -97,26 +105,6 @@ _SWAP_JOURNAL = ".swap.json"
 RUN_ID_KEY = "run_id"
 #: The key of the run id in the safetensors metadata of the saved weights.
 WEIGHTS_RUN_ID_KEY = "memctl_run_id"
-
-
-class RunFolderBusyError(RuntimeError):
-    """Another process holds the folder's lock (it is training, evaluating or running that sweep cell)."""
-
-
-class DiskFullError(OSError):
-    """A write failed for lack of space; the message names the path and what was kept."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds pickle files that would run code when loaded, and the folder is not marked trusted."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read (truncated, corrupt, or from another version); names the file and the fallback."""
-
-
-class RunFolderMismatchError(ValueError):
-    """The parts of a run folder (config, weights, metrics, card) carry different run ids: they are not one run."""
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from .args import TrainingOptions
 from .distributed import check_launch, process_state
+from .errors import AfterTrainingError
 from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
@@ -22,10 +23,6 @@ from .validation import validate_options
 __all__ = ["AfterTrainingError", "evaluate_options", "run_training_job"]
 
 logger = logging.getLogger(__name__)
-
-
-class AfterTrainingError(RuntimeError):
-    """A step after training (evaluation, model card, push) failed; the trained pipeline is saved and kept."""
 
 
 @contextlib.contextmanager

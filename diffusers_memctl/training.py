@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file as load_safetensors
 
+from ._version import __version__
 from .args import TrainingOptions
 from .data import TrainingData, load_training_data, random_flip
 from .distributed import check_launch, process_layout, use_cpu
+from .errors import NonFiniteLossError
 from .eval_history import (
     BUDGET_KEY,
     BUDGET_STATE_DIR,
@@ -109,10 +111,6 @@ EMA_STATE_NAME = "ema.safetensors"
 SAMPLER_STATE_NAME = "sampler_state.safetensors"
 NUM_LOSS_BINS = 10
 SCHEMA_VERSION = 1
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss or the weights become NaN or infinite; the message says which checkpoint is kept."""
 
 
 @dataclass
@@ -366,8 +364,6 @@ def save_pipeline(
 def _versions() -> dict[str, str]:
     import accelerate
     import diffusers
-
-    from . import __version__
 
     return {
         "diffusers_memctl": __version__,

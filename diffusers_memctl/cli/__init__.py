@@ -11,26 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import USER_ERRORS
+
 __all__ = ["run_cli"]
-
-#: Errors that describe bad input or a state of the run folder: the message is all the user needs.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..run_folder import CheckpointError, DiskFullError, RunFolderBusyError, UnsafeCheckpointError
-    from ..runner import AfterTrainingError
-    from ..training import NonFiniteLossError
-
-    return (
-        *_USER_ERRORS,
-        AfterTrainingError,
-        CheckpointError,
-        DiskFullError,
-        RunFolderBusyError,
-        UnsafeCheckpointError,
-        NonFiniteLossError,
-    )
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -65,7 +48,7 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         if speaks:
             print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as error:
+    except USER_ERRORS as error:
         if speaks:
             print(f"error: {_one_line(error)} {hint}", file=sys.stderr)
         return 1
