@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .run_folder import resolve_published_args
+
 __all__ = [
     "DataArguments",
     "DiagnosticsArguments",
@@ -282,7 +284,7 @@ class SweepArguments:
     grid_step: int = _help("Grid spacing (paper: 100 -> 55 cells).", default=100)
     cells: str | None = _help("Explicit cells 'lo:hi,lo:hi' instead of the grid.", default=None)
     methods: str | None = _help(
-        "Compare named methods instead of CI cells: comma-separated names of diffusers_memctl.methods.STUDY_METHODS "
+        "Compare named methods instead of CI cells: comma-separated names of diffusers_memctl.experiments.methods.STUDY_METHODS "
         "(uniform, ci_late, ci_mid, ci_narrow_late, ci_early, logit_normal_late, min_snr, p2, importance_ci_late), "
         "'ci-LO-HI' for any interval, or 'all'.",
         default=None,
@@ -475,8 +477,6 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise ValueError(f"--config {path} must hold a mapping of setting names to values")
     # A training_config.json written by a run can be passed back as --config: its settings live under "args".
     if "args" in values and isinstance(values["args"], dict) and "schema_version" in values:
-        from .run_folder import resolve_published_args
-
         # Its local paths are relative to the run folder, which holds the file.
         values = resolve_published_args(values["args"], file.parent)
     return values

@@ -43,7 +43,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .args import DataArguments
+from .data import load_training_data
+from .evaluation import _resolve_run_dir, load_run_pipeline
+from .loss_weighting import compute_loss_weights
+from .reports.figures import save_figure
+from .reports.gradient_profiles import plot_gradient_contribution, plot_gradient_profile
 from .run_folder import read_run_args
+from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
+from .timestep_sampling import create_timestep_sampler
+from .training import regression_target
 
 __all__ = [
     "DEFAULT_SAMPLER_SPECS",
@@ -207,8 +216,6 @@ def resolve_sampler_spec(
     Returns:
         `tuple`: ``(probs, weights)``, float64 arrays of length T (`weights` is `None` for no weighting).
     """
-    from .loss_weighting import compute_loss_weights
-    from .timestep_sampling import create_timestep_sampler
 
     alphas_cumprod = torch.as_tensor(np.asarray(alphas_cumprod), dtype=torch.float64)
     T = alphas_cumprod.shape[0]
@@ -455,7 +462,6 @@ def _batch_gradient(
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
     """Flattened gradient of the training loss (mean squared error, unweighted) of one batch at its timesteps."""
-    from .training import regression_target
 
     noisy = scheduler.add_noise(clean, noise, timesteps)
     target = regression_target(scheduler, clean, noise, timesteps)
@@ -490,7 +496,6 @@ def _per_sample_gradients(
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
-    from .training import regression_target
 
     noisy = scheduler.add_noise(clean, noise, timesteps)
     target = regression_target(scheduler, clean, noise, timesteps)
@@ -641,9 +646,6 @@ def _progress_bar(progress: bool | Callable[[int], Any], total: int) -> Callable
 def _load_model_and_scheduler(path: Path, modality: str) -> tuple[torch.nn.Module, Any]:
     from diffusers import DDPMScheduler
 
-    from .evaluation import load_run_pipeline
-    from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
-
     unet, scheduler_config = load_run_pipeline(path, modality)
     plain = {k: v for k, v in scheduler_config.items() if k not in MEMCTL_CONFIG_DEFAULTS}
     return unet, DDPMScheduler.from_config(plain)
@@ -670,7 +672,6 @@ def profile_run(
     Returns:
         `tuple`: The [`GradientProfile`] and a description of the source (path, data settings, modality).
     """
-    from .evaluation import _resolve_run_dir
 
     path = _resolve_run_dir(model_path)
     if training_data is None:
@@ -694,9 +695,6 @@ def _run_batch_size(path: Path, default: int = 32) -> int:
 def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]:
     """The run's own data settings (from ``training_config.json``), overridden by non-default `data_args` fields."""
     import dataclasses
-
-    from .args import DataArguments
-    from .data import load_training_data
 
     defaults = DataArguments()
     config_file = path / "training_config.json"
@@ -765,8 +763,6 @@ def write_gradient_profile(
     content = profile.to_dict(sampler_specs)
     _write_json_atomic(output_dir / GRADIENT_PROFILE_NAME, content)
     if make_plots:
-        from .plotting import plot_gradient_contribution, plot_gradient_profile, save_figure
-
         save_figure(plot_gradient_profile(content), output_dir / "plots" / "gradient_profile.png")
         if content["contribution"]:
             save_figure(plot_gradient_contribution(content), output_dir / "plots" / "gradient_contribution.png")

@@ -625,13 +625,13 @@ def write_evaluation_plots(
 
     File names are those of :data:`EVALUATION_PLOT_NAMES`."""
     from .metrics import nearest_neighbors, pca_project
-    from .plotting import (
+    from .reports.figures import save_figure
+    from .reports.runs import (
         plot_image_nn_grid,
         plot_loss_history,
         plot_nn_distance_histogram,
         plot_pca_scatter,
         plot_signal_overlay,
-        save_figure,
     )
 
     plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"

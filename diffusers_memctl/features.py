@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 from .data import samples_fingerprint
+from .metrics import compute_feature_metrics, feature_reference_metrics, replication_score
+from .reports.figures import save_figure
+from .reports.runs import plot_replicated_pairs
 
 __all__ = [
     "DEFAULT_FEATURE_EXTRACTOR",
@@ -440,7 +443,6 @@ def feature_report(
     Returns:
         [`FeatureReport`]
     """
-    from .metrics import compute_feature_metrics, feature_reference_metrics, replication_score
 
     train_features = embed_training_set(extractor, training, cache=cache, batch_size=batch_size)
     gen_features = extractor.embed(generated, batch_size=batch_size, normalize=False)
@@ -469,7 +471,6 @@ def write_replication_figure(
     top: int = 8,
 ) -> Path:
     """The `top` generated images of highest similarity, each beside its most similar training image."""
-    from .plotting import plot_replicated_pairs, save_figure
 
     order = np.argsort(-report.similarity, kind="stable")[:top]
     figure = plot_replicated_pairs(

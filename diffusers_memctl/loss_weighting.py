@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .timestep_sampling import TimestepSampler
+from .timestep_sampling import TimestepSampler, UniformTimestepSampler
 
 __all__ = [
     "LOSS_WEIGHTINGS",
@@ -176,7 +176,5 @@ def training_timestep_sampler(sampler: TimestepSampler, loss_weighting: str) -> 
     weighting keeps the configured sampler.
     """
     if loss_weighting == "importance":
-        from .timestep_sampling import UniformTimestepSampler
-
         return UniformTimestepSampler(sampler.num_train_timesteps)
     return sampler

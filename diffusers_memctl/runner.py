@@ -111,7 +111,7 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
     """Evaluate, write the card, push: each after the pipeline is saved, each failing with its own rerun line."""
-    from .hub import write_model_card
+    from .reports.cards import write_model_card
 
     output_dir = Path(options.training.output_dir)
     # The same command again resumes the finished run: it redoes only the missing evaluation, card and push.

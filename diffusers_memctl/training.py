@@ -44,8 +44,14 @@ from .eval_history import (
     truncate_history,
 )
 from .evaluation import evaluate_model
+from .generation import generate_samples
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
-from .pipelines import REMOTE_PIPELINE_FILE, write_remote_code
+from .metrics import nearest_neighbors
+from .models.unet_1d_memctl import UNet1DMemCtlModel, create_unet_1d
+from .models.unet_2d_presets import create_unet_2d
+from .pipelines import REMOTE_PIPELINE_FILE, DDPM1DPipeline, write_remote_code
+from .reports.figures import save_figure
+from .reports.runs import plot_image_nn_grid, plot_signal_overlay
 from .run_folder import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -179,8 +185,6 @@ def build_model(options: TrainingOptions, data: TrainingData) -> torch.nn.Module
     model_args = options.model
     source = model_args.pretrained_model_name_or_path
     if data.modality == "signal":
-        from .models.unet_1d_memctl import UNet1DMemCtlModel, create_unet_1d
-
         if source:
             return _load_pretrained(UNet1DMemCtlModel, source, options)
         channels, length = data.samples.shape[1], data.samples.shape[2]
@@ -191,8 +195,6 @@ def build_model(options: TrainingOptions, data: TrainingData) -> torch.nn.Module
                 model_args.model_preset, in_channels=channels, out_channels=channels, sample_size=length
             )
     from diffusers import UNet2DModel
-
-    from .models.unet_2d_presets import create_unet_2d
 
     if source:
         model = _load_pretrained(UNet2DModel, source, options)
@@ -340,8 +342,6 @@ def save_pipeline(
 
     plain = DDPMScheduler.from_config({k: v for k, v in scheduler.config.items() if k not in MEMCTL_CONFIG_DEFAULTS})
     if modality == "signal":
-        from .pipelines import DDPM1DPipeline
-
         pipeline = DDPM1DPipeline(unet=model, scheduler=plain)
     else:
         pipeline = DDPMPipeline(unet=model, scheduler=plain)
@@ -398,7 +398,7 @@ def build_training_config(
     return config
 
 
-def _latest_checkpoint(output_dir: Path) -> Path | None:
+def latest_checkpoint(output_dir: Path) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
 
@@ -504,7 +504,7 @@ def plan_run(
     if resume:
         if (output_dir / TRAIN_COMPLETE_NAME).is_file() and not overwrite:
             return _plan_finished_run(output_dir, resume, max_train_steps, num_epochs)
-        checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+        checkpoint = latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
         if checkpoint is not None and not checkpoint.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         if checkpoint is not None:
@@ -534,7 +534,7 @@ def _plan_finished_run(output_dir: Path, resume: str, max_train_steps: int | Non
             requested = num_epochs * int(layout["steps_per_epoch"])
     if requested is None or requested <= finished:
         return RunPlan("finished")
-    checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+    checkpoint = latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
     if checkpoint is None:
         raise ValueError(
             f"cannot extend {output_dir} from {finished} to {requested} steps: it holds no checkpoint (it was trained "
@@ -1297,7 +1297,7 @@ def _save_extra_state(run: _Run, folder: Path) -> None:
 
 def _kept_checkpoint_note(run: _Run) -> str:
     """What a diverged run leaves to resume from, said truthfully (there may be no checkpoint at all)."""
-    latest = _latest_checkpoint(run.output_dir)
+    latest = latest_checkpoint(run.output_dir)
     if latest is None:
         return f"no checkpoint was written (none in {run.output_dir / CHECKPOINTS_DIR})"
     step = int(latest.name.split("-")[1])
@@ -1342,7 +1342,7 @@ def _save_checkpoint(run: _Run) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    previous = _latest_checkpoint(output_dir)
+    previous = latest_checkpoint(output_dir)
     kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
     try:
         with disk_full_guard(partial, "checkpoint", kept=kept):
@@ -1401,9 +1401,6 @@ def _save_preview(
     accelerator, model, ema, scheduler, data: TrainingData, output_dir: Path, epoch: int, options, *, step: int = 0
 ) -> None:
     """A small sample grid (images) or overlay (signals) with the EMA weights, into ``plots/`` and the tracker."""
-    from .generation import generate_samples
-    from .metrics import nearest_neighbors
-    from .plotting import plot_image_nn_grid, plot_signal_overlay, save_figure
 
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
     was_training = unwrapped.training

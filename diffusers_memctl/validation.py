@@ -15,6 +15,8 @@ from typing import Any
 
 from .args import TrainingOptions
 from .resources import check_fits_in_memory
+from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
+from .timestep_sampling import TIMESTEP_SAMPLERS
 from .tracking import check_tracker_installed
 
 __all__ = ["validate_options"]
@@ -152,7 +154,6 @@ def _validate_eval_history(e: Any) -> None:
 
 def _sampler_flag_names() -> dict[str, str]:
     """Internal parameter names of every sampler -> the flag that sets them."""
-    from .timestep_sampling import TIMESTEP_SAMPLERS
 
     names = {}
     for cls in TIMESTEP_SAMPLERS.values():
@@ -193,8 +194,6 @@ def _warn_unused_sampler_settings(settings: dict[str, Any]) -> None:
     A warning, not an error: a run's training_config.json reused as --config with another --timestep_sampling
     carries the old sampler's settings, and flags cannot unset them.
     """
-    from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS
-    from .timestep_sampling import TIMESTEP_SAMPLERS
 
     chosen = TIMESTEP_SAMPLERS.get(settings["timestep_sampling"])
     used = set(getattr(chosen, "config_keys", {}))
@@ -213,7 +212,6 @@ def _warn_unused_sampler_settings(settings: dict[str, Any]) -> None:
 
 
 def _validate_sampling(options: TrainingOptions) -> None:
-    from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 
     s = options.sampling
     if s.ci_lower is not None and s.ci_upper is not None and s.ci_lower >= s.ci_upper:

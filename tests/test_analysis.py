@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from diffusers_memctl.analysis import (
+from diffusers_memctl.experiments.statistics.analysis import (
     PAPER_REFERENCE,
     analyze_sweep,
     load_loss_histories,

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from diffusers_memctl.cli.train import main
 from diffusers_memctl.eval_history import BudgetOutcome, budget_message, read_history, truncate_history
-from diffusers_memctl.methods import (
+from diffusers_memctl.experiments.methods import (
     FRONTIER_METHODS,
     LOGIT_MEAN_MATCHED_CI_LATE,
     STUDY_METHODS,
@@ -313,7 +313,7 @@ def test_logit_normal_matched_draws_as_few_low_noise_steps_as_ci_late():
 
 def test_lower_learning_rate_arms_scale_the_sweep_learning_rate(tmp_path):
     from diffusers_memctl.args import TrainingOptions
-    from diffusers_memctl.sweep import SweepCell, cell_options
+    from diffusers_memctl.experiments.sweep import SweepCell, cell_options
 
     options = TrainingOptions()
     options.training.learning_rate = 2e-4
@@ -329,7 +329,7 @@ def test_lower_learning_rate_arms_scale_the_sweep_learning_rate(tmp_path):
 
 def test_a_sweep_pinned_before_evaluation_along_training_still_resumes(tmp_path):
     from diffusers_memctl.args import SweepArguments, TrainingOptions
-    from diffusers_memctl.sweep import SWEEP_CONFIG_NAME, _check_sweep_config, _shared_settings
+    from diffusers_memctl.experiments.sweep import SWEEP_CONFIG_NAME, _check_sweep_config, _shared_settings
 
     options, sweep = TrainingOptions(), SweepArguments()
     old = _shared_settings(options, sweep)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from diffusers_memctl.frontier import (
+from diffusers_memctl.experiments.frontier import (
     FRONTIER_ROWS_NAME,
     add_matched_quality_to_study,
     analyze_frontier,

@@ -19,14 +19,11 @@ from huggingface_hub import ModelCard, hf_hub_download, metadata_load, snapshot_
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 
-from diffusers_memctl.hub import (
-    HubPushError,
+from diffusers_memctl.hub import HubPushError, plan_hub_commit, push_sweep_to_hub, push_to_hub
+from diffusers_memctl.reports.cards import (
     find_sweep_cells,
     metrics_to_eval_results,
     model_card_template_path,
-    plan_hub_commit,
-    push_sweep_to_hub,
-    push_to_hub,
     render_model_card,
     write_model_card,
 )

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from diffusers_memctl.cli.train import main as train_main
-from diffusers_memctl.hub import write_sweep_card
+from diffusers_memctl.reports.cards import write_sweep_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hub_fixtures  # noqa: E402

@@ -711,8 +711,8 @@ def test_run_id_ties_config_weights_metrics_and_card_and_survives_resume(finishe
 
 
 def test_3_sweeps_and_pushes_refuse_a_folder_whose_parts_disagree(finished_run, tmp_path):
+    from diffusers_memctl.experiments.sweep import is_run_evaluated
     from diffusers_memctl.hub import push_to_hub
-    from diffusers_memctl.sweep import is_run_evaluated
 
     run = _copy(finished_run, tmp_path)
     evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)
@@ -738,7 +738,7 @@ def test_4_a_kill_inside_the_evaluation_swap_never_loses_metrics_json(finished_r
     """The finding: killed right after metrics.json was moved aside, the next evaluation deleted its only copy."""
     import matplotlib.figure
 
-    from diffusers_memctl.sweep import is_run_evaluated
+    from diffusers_memctl.experiments.sweep import is_run_evaluated
 
     run = _copy(finished_run, tmp_path)
     evaluate_run(run, num_samples=4, num_inference_steps=2, seed=0, progress=False)

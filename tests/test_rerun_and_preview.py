@@ -6,11 +6,12 @@ import json
 
 import torch
 
-from diffusers_memctl import plotting
+from diffusers_memctl import training as training_module
 from diffusers_memctl.cli.evaluate import main as evaluate_main
 from diffusers_memctl.cli.train import main as train_main
 from diffusers_memctl.cli.train import parse_training_options
 from diffusers_memctl.data import load_training_data
+from diffusers_memctl.reports import runs as run_figures
 
 
 def _flags(run, *extra: str) -> list[str]:
@@ -31,13 +32,13 @@ def test_memctl_evaluate_writes_the_card_a_failed_evaluation_left_out(tmp_path):
 
 def test_preview_grid_bottom_row_is_each_samples_nearest_training_sample(tmp_path, monkeypatch):
     calls = []
-    real = plotting.plot_image_nn_grid
+    real = run_figures.plot_image_nn_grid
 
     def spy(generated, nearest, **kwargs):
         calls.append((torch.as_tensor(generated), torch.as_tensor(nearest)))
         return real(generated, nearest, **kwargs)
 
-    monkeypatch.setattr(plotting, "plot_image_nn_grid", spy)
+    monkeypatch.setattr(training_module, "plot_image_nn_grid", spy)
     flags = _flags(tmp_path / "run", "--eval_num_samples", "0", "--save_images_epochs", "1")
     train_main(flags)
     assert calls, "no preview grid was drawn"

@@ -13,18 +13,18 @@ from scipy import stats
 
 from diffusers_memctl.args import DataArguments, SamplingArguments, SweepArguments
 from diffusers_memctl.data import load_training_data, select_training_subset
-from diffusers_memctl.loss_weighting import training_timestep_sampler
-from diffusers_memctl.methods import STUDY_METHODS, apply_method, parse_methods, resolve_method
-from diffusers_memctl.metrics import heldout_metrics
-from diffusers_memctl.replicates import (
+from diffusers_memctl.experiments.methods import STUDY_METHODS, apply_method, parse_methods, resolve_method
+from diffusers_memctl.experiments.statistics.replicates import (
     method_contrasts,
     mixed_model_effect,
     replicate_correlations,
     replicate_values,
     t_interval,
 )
-from diffusers_memctl.study import StudyGroup, is_study_dir, study_groups
-from diffusers_memctl.sweep import shard_cells
+from diffusers_memctl.experiments.study import StudyGroup, is_study_dir, study_groups
+from diffusers_memctl.experiments.sweep import shard_cells
+from diffusers_memctl.loss_weighting import training_timestep_sampler
+from diffusers_memctl.metrics import heldout_metrics
 from diffusers_memctl.timestep_sampling import UniformTimestepSampler, create_timestep_sampler
 
 # --------------------------------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_replicate_correlations_find_a_slope_per_pretraining():
 def test_holm_adjusts_within_the_stated_family():
     from statsmodels.stats.multitest import multipletests
 
-    from diffusers_memctl.multiple_testing import annotate_holm, holm_adjust
+    from diffusers_memctl.experiments.statistics.multiple_testing import annotate_holm, holm_adjust
 
     assert holm_adjust([0.012, None, 0.5, float("nan")]) == [pytest.approx(0.024), None, 0.5, None]
     entries = [{"p_value": p} for p in (0.01, 0.04, 0.03)]
@@ -213,7 +213,7 @@ def test_holm_adjusts_within_the_stated_family():
 def test_study_contrasts_carry_holm_adjusted_p_per_metric_and_size():
     from statsmodels.stats.multitest import multipletests
 
-    from diffusers_memctl.study_report import study_analysis
+    from diffusers_memctl.experiments.statistics.studies import study_analysis
 
     rows = _synthetic_rows(effect=0.1)
     for row in rows:
@@ -389,7 +389,8 @@ def test_study_refuses_incomplete_settings(tmp_path, extra, message):
 
 
 def test_one_pretraining_says_there_is_no_interval(tmp_path):
-    from diffusers_memctl.study_report import study_analysis, write_study_report
+    from diffusers_memctl.experiments.statistics.studies import study_analysis
+    from diffusers_memctl.reports.markdown import write_study_report
 
     rows = [
         {"train_subset_size": 16, "method": m, "pretrain_seed": 0, "seed": 0, "memorized_fraction": c,
@@ -403,7 +404,7 @@ def test_one_pretraining_says_there_is_no_interval(tmp_path):
 
 
 def test_pareto_labels_say_which_way_fewer_copies_lie():
-    from diffusers_memctl.study_report import plot_pareto
+    from diffusers_memctl.reports.studies import plot_pareto
 
     rows = _synthetic_rows(effect=0.1)
     for row in rows:

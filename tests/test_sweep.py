@@ -1,4 +1,4 @@
-"""Tests of CI-grid sweeps (`diffusers_memctl.sweep`, `training_scripts/sweep_ci_grid.py`): grids, sharding, a tiny
+"""Tests of CI-grid sweeps (`diffusers_memctl.experiments.sweep`, `training_scripts/sweep_ci_grid.py`): grids, sharding, a tiny
 end-to-end sweep, skipping and resuming cells, refusing bad input, and the analysis against scipy."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 import scipy.stats
 from huggingface_hub import metadata_load
 
-import diffusers_memctl.runner as runner
+import diffusers_memctl.experiments.sweep as sweep_module
 from diffusers_memctl.args import SweepArguments
-from diffusers_memctl.sweep import (
+from diffusers_memctl.experiments.sweep import (
     SweepCell,
     build_cells,
     export_sweep_results,
@@ -74,7 +74,7 @@ def sweep_log():
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("diffusers_memctl.sweep")
+    logger = logging.getLogger("diffusers_memctl.experiments.sweep")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
@@ -93,7 +93,7 @@ def forbid_training(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the sweep trained a run it should have skipped")
 
-    monkeypatch.setattr(runner, "run_training_job", refuse)
+    monkeypatch.setattr(sweep_module, "run_training_job", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +329,7 @@ def test_second_invocation_trains_nothing(sweep, monkeypatch):
         f"pretrained/{k}": v for k, v in file_stamps(sweep["dir"] / "pretrained").items()
     }
     forbid_training(monkeypatch)
-    monkeypatch.setattr(runner, "evaluate_options", lambda *a, **k: pytest.fail("re-evaluated a finished cell"))
+    monkeypatch.setattr(sweep_module, "evaluate_options", lambda *a, **k: pytest.fail("re-evaluated a finished cell"))
     with sweep_log() as messages:
         rows = sweep_script(sweep["flags"])
     assert len(rows) == 5
@@ -508,7 +508,7 @@ def test_sweep_files_publish_no_absolute_path(sweep):
     rows = list(csv.DictReader((sweep_dir / "sweep_results.csv").open()))
     assert {row["run_dir"] for row in rows} == {f"cells/{name}" for name in RUN_NAMES}
     # Read back, the relative run folders resolve against the CSV's folder, whatever the working directory.
-    from diffusers_memctl.sweep import read_results_csv
+    from diffusers_memctl.experiments.results import read_results_csv
 
     assert {Path(row["run_dir"]) for row in read_results_csv(sweep_dir / "sweep_results.csv")} == {
         (sweep_dir / "cells" / name).resolve() for name in RUN_NAMES
@@ -517,7 +517,7 @@ def test_sweep_files_publish_no_absolute_path(sweep):
 
 def test_shared_settings_publish_the_pretrained_run_relative(tmp_path):
     from diffusers_memctl.cli.train import parse_training_options
-    from diffusers_memctl.sweep import _shared_settings
+    from diffusers_memctl.experiments.sweep import _shared_settings
 
     (tmp_path / "pre").mkdir()
     options = parse_training_options(["--output_dir", str(tmp_path / "x"), "--train_data_dir", str(tmp_path / "pre")])

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from diffusers_memctl.cli.train import main
+from diffusers_memctl.experiments.sweep import is_run_evaluated
 from diffusers_memctl.run_folder import LOCK_NAME, check_run_ids, run_ids
-from diffusers_memctl.sweep import is_run_evaluated
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_SCRIPT = REPO / "training_scripts" / "sweep_ci_grid.py"

@@ -4,7 +4,7 @@
         --cells 0:300,300:600,600:1000 --seeds 0,1 --model_preset tiny
 
 Resumable (finished cells are skipped), shardable (--num_shards/--shard_index or SLURM array variables) and runnable
-under `accelerate launch`. The work is done by `diffusers_memctl.sweep.run_sweep`.
+under `accelerate launch`. The work is done by `diffusers_memctl.experiments.sweep.run_sweep`.
 """
 
 from diffusers_memctl.cli.sweep import cli, main  # noqa: F401  (main: for runpy users)

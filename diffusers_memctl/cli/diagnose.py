@@ -13,6 +13,14 @@ import sys
 from pathlib import Path
 
 from ..args import DataArguments, DiagnosticsArguments, parse_arguments
+from ..diagnostics import (
+    find_run_folders,
+    profile_run,
+    profile_run_folders,
+    resolve_sampler_spec,
+    write_gradient_profile,
+)
+from . import run_cli
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     """Profile a model and write ``gradient_profile.json`` (and figures); returns the file's content."""
     import torch
     from diffusers import DDPMScheduler
-
-    from ..diagnostics import (
-        find_run_folders,
-        profile_run,
-        profile_run_folders,
-        resolve_sampler_spec,
-        write_gradient_profile,
-    )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (data_args, d), rest = parse_arguments(
@@ -103,7 +103,6 @@ def _print_summary(content: dict) -> None:
 
 def cli() -> None:
     """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
-    from . import run_cli
 
     sys.exit(run_cli(main))
 

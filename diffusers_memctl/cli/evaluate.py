@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from ..args import EvaluationArguments, parse_arguments
-from ..hub import write_model_card
+from ..evaluation import evaluate_run, evaluation_kwargs
+from ..reports.cards import write_model_card
+from . import run_cli
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +21,6 @@ def _positional(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/`` and a local run's card; returns the report."""
-    from ..evaluation import evaluate_run, evaluation_kwargs
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (e,), rest = parse_arguments([EvaluationArguments], argv, description=__doc__, extra=_positional)
@@ -40,7 +41,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
-    from . import run_cli
 
     sys.exit(run_cli(main))
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.study import analyze_study_dir, export_study_results, is_study_dir, report_from_study_csv
+from ..experiments.sweep import analyze_sweep_dir, export_sweep_results, report_from_results
+
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..study import analyze_study_dir, export_study_results, is_study_dir
-    from ..study_report import report_from_study_csv
-    from ..sweep import analyze_sweep_dir, export_sweep_results, report_from_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("folder", help="Sweep folder, or an exported results folder with --from_csv.")

@@ -12,13 +12,16 @@ import sys
 
 from ..args import SweepArguments, TrainingOptions, parse_arguments
 from ..distributed import process_state
+from ..experiments.study import is_study, run_study
+from ..experiments.sweep import run_sweep
+from ..hub import push_sweep_to_hub
+from ..reports.cards import write_sweep_card
+from . import run_cli
 from .train import GROUPS
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run this shard of the sweep and write the analysis; returns the result rows."""
-    from ..study import is_study, run_study
-    from ..sweep import run_sweep
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     groups, _ = parse_arguments([*GROUPS, SweepArguments], argv, description=__doc__.splitlines()[0])
@@ -28,8 +31,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if process_state().is_main_process:
         print(f"{len(rows)} evaluated runs in {sweep.sweep_dir}; report: {sweep.sweep_dir}/REPORT.md")
         if options.hub.push_to_hub:
-            from ..hub import push_sweep_to_hub, write_sweep_card
-
             if not options.hub.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id (user/name)")
             write_sweep_card(sweep.sweep_dir, repo_id=options.hub.hub_model_id)
@@ -39,7 +40,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def cli() -> None:
     """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
-    from . import run_cli
 
     sys.exit(run_cli(main))
 

@@ -22,6 +22,9 @@ from ..args import (
     TrainingOptions,
     parse_arguments,
 )
+from ..runner import run_training_job
+from ..validation import validate_options
+from . import run_cli
 
 GROUPS = [DataArguments, ModelArguments, SamplingArguments, TrainingArguments, EvaluationArguments, HubArguments]
 
@@ -34,8 +37,6 @@ def parse_training_options(argv: list[str] | None = None) -> TrainingOptions:
 
 def main(argv: list[str] | None = None):
     """Train, evaluate and write the model card; returns ``(TrainResult, metrics)`` (or the options on --dry_run)."""
-    from ..runner import run_training_job
-    from ..validation import validate_options
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     options = parse_training_options(argv)
@@ -54,7 +55,6 @@ def main(argv: list[str] | None = None):
 
 def cli() -> None:
     """Console entry point: :func:`main` with one-line errors (see `diffusers_memctl.cli.run_cli`)."""
-    from . import run_cli
 
     sys.exit(run_cli(main))
 

@@ -17,7 +17,7 @@ cannot tell these apart. This module compares them at matched *quality* instead,
    adjusted p (``statsmodels.stats.multitest.multipletests``).
 
 Raw rows (one per arm, size, pretraining and step) live in ``frontier_rows.csv``;
-``python -m diffusers_memctl.frontier FOLDER`` rebuilds ``analysis.json``, ``REPORT.md`` and ``figures/`` from them,
+``python -m diffusers_memctl.experiments.frontier FOLDER`` rebuilds ``analysis.json``, ``REPORT.md`` and ``figures/`` from them,
 and ``--export STUDY_DIR FOLDER`` collects them from a study's ``metrics_history.jsonl`` files first.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from . import multiple_testing
+from ..reports.figures import save_figure
+from ..run_folder import write_json_atomic, write_text_atomic
 from .methods import resolve_method
-from .plotting import save_figure
-from .run_folder import write_json_atomic, write_text_atomic
+from .statistics import multiple_testing
 
 __all__ = [
     "FRONTIER_ROWS_NAME",
@@ -704,7 +704,7 @@ def add_matched_quality_to_study(study_dir: str | Path, *, make_plots: bool = Tr
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m diffusers_memctl.frontier FOLDER [--export STUDY_DIR]``: (collect and) rebuild the analysis."""
+    """``python -m diffusers_memctl.experiments.frontier FOLDER [--export STUDY_DIR]``: (collect and) rebuild the analysis."""
     parser = argparse.ArgumentParser(description="Rebuild the matched-quality frontier analysis from its raw rows.")
     parser.add_argument("folder", help="Folder holding frontier_rows.csv (written there with --export).")
     parser.add_argument("--export", metavar="STUDY_DIR", default=None, help="Collect the rows from this study first.")

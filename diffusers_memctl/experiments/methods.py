@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..timestep_sampling import create_timestep_sampler
+
 __all__ = [
     "FRONTIER_METHODS",
     "LOGIT_MEAN_MATCHED_CI_LATE",
@@ -157,8 +159,6 @@ def mass_matched_logit_mean(
     Both probabilities come from the samplers' own discrete tables, so the match holds for what training draws.
     """
     from scipy.optimize import brentq
-
-    from .timestep_sampling import create_timestep_sampler
 
     target = float(create_timestep_sampler("ci_normal", T, ci_lower=t_lower, ci_upper=t_upper).probs()[:below].sum())
 

@@ -6,14 +6,14 @@ Memorization in Diffusion Models", arXiv 2310.02664: the *effective model memori
 - training-set **sizes** (seeded random subsets, the indices recorded with every run),
 - independent **pretrainings** (one uniform pretraining per size and seed: the unit of replication; each also draws
   its own subset, so a replicate varies the data as well as the initialisation), and
-- **methods** (:mod:`diffusers_memctl.methods`: uniform, CI-normal intervals, the peers), each fine-tuned from the
+- **methods** (:mod:`diffusers_memctl.experiments.methods`: uniform, CI-normal intervals, the peers), each fine-tuned from the
   same pretrained model with the same steps, learning rate, EMA and evaluation.
 
 Every (size, pretraining) pair is an ordinary sweep folder ``<study_dir>/n<size>-p<seed>/`` (``pretrained/`` plus
-one run folder per method and fine-tune seed), run by :func:`~diffusers_memctl.sweep.run_sweep`, so resuming,
+one run folder per method and fine-tune seed), run by :func:`~diffusers_memctl.experiments.sweep.run_sweep`, so resuming,
 skipping finished runs and pinning settings work as for any sweep. Shards split the (size, pretraining) groups.
 :func:`analyze_study_dir` collects every group into ``study_results.csv`` and writes the replicate-level analysis
-(:mod:`diffusers_memctl.replicates`), the figures and ``REPORT.md``.
+(:mod:`diffusers_memctl.experiments.statistics.replicates`), the figures and ``REPORT.md``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,19 @@ import copy
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .args import SweepArguments, TrainingOptions
-from .distributed import process_state
+from ..args import SweepArguments, TrainingOptions
+from ..distributed import process_state
+from ..reports.markdown import write_study_report
+from ..reports.studies import write_study_figures
+from ..run_folder import run_lock, write_json_atomic
 from .frontier import add_matched_quality_to_study
-from .run_folder import run_lock, write_json_atomic
+from .results import read_results_csv, write_results_csv
+from .statistics.analysis import finite_or_none, json_safe
+from .statistics.studies import study_analysis
 from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
 __all__ = [
@@ -36,11 +42,14 @@ __all__ = [
     "analyze_study_dir",
     "collect_study_results",
     "export_study_results",
+    "group_settings",
     "is_study",
     "is_study_dir",
+    "report_from_study_csv",
     "run_study",
     "study_groups",
     "study_settings",
+    "write_study_analysis",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,7 +165,6 @@ def collect_study_results(study_dir: str | Path) -> list[dict[str, Any]]:
 
 def analyze_study_dir(study_dir: str | Path, *, make_plots: bool = True) -> dict[str, Any]:
     """Collect a study folder and write ``study_results.csv``, ``analysis.json``, ``figures/`` and ``REPORT.md``."""
-    from .study_report import write_study_analysis
 
     rows = collect_study_results(study_dir)
     if not rows:
@@ -179,7 +187,6 @@ def export_study_results(study_dir: str | Path, dest: str | Path) -> dict[str, A
     The exported folder is self-contained: ``report_from_study_csv(dest)`` rebuilds every table and figure. Loss
     histories are not copied (the study compares methods on evaluation metrics; ``final_loss`` is in the rows).
     """
-    from .study_report import write_study_analysis
 
     study_dir = Path(study_dir).resolve()
     rows = collect_study_results(study_dir)
@@ -219,3 +226,35 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
                 if shared.get(part, {}).get(key) != config.get(part, {}).get(key):
                     differences.add(f"{part}.{key}")
     return {"shared": shared or {}, "groups": groups, "differences": sorted(differences)}
+
+
+def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, make_plots: bool = True) -> dict:
+    """Write ``study_results.csv`` (run folders relative to `out_dir`), ``analysis.json``, figures, ``REPORT.md``."""
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    for row in rows:
+        run_dir = Path(str(row.get("run_dir", "")))
+        if run_dir.is_absolute() and out_dir.resolve() in run_dir.resolve().parents:
+            row["run_dir"] = run_dir.resolve().relative_to(out_dir.resolve()).as_posix()
+    write_results_csv(out_dir / "study_results.csv", rows)
+    analysis = json_safe(study_analysis(rows))
+    tmp = out_dir / ".analysis.json.tmp"
+    tmp.write_text(json.dumps(analysis, indent=2))
+    tmp.replace(out_dir / "analysis.json")
+    figures = write_study_figures(out_dir, rows) if make_plots else {}
+    write_study_report(out_dir, rows, analysis, figures)
+    return {"rows": rows, "analysis": analysis, "figures": figures}
+
+
+def report_from_study_csv(results_dir: str | Path) -> dict:
+    """Rebuild ``analysis.json``, figures and ``REPORT.md`` from an exported ``study_results.csv``."""
+
+    results_dir = Path(results_dir)
+    rows = read_results_csv(results_dir / "study_results.csv")
+    for row in rows:
+        for key in ("train_subset_size", "pretrain_seed", "train_subset_seed"):
+            if finite_or_none(row.get(key)) is not None:
+                row[key] = int(row[key])
+    return write_study_analysis(results_dir, rows)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
 import logging
 import math
@@ -32,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .args import SweepArguments, TrainingOptions, env_int
-from .distributed import process_state
-from .methods import STUDY_METHODS, apply_method, resolve_method
-from .run_folder import (
+from ..args import SweepArguments, TrainingOptions, env_int
+from ..distributed import process_state
+from ..reports.cards import write_model_card
+from ..reports.markdown import write_sweep_report
+from ..reports.sweeps import write_sweep_figures
+from ..run_folder import (
     RunFolderMismatchError,
     check_run_ids,
     publishable_args,
@@ -46,13 +47,20 @@ from .run_folder import (
     try_run_lock,
     write_json_atomic,
 )
+from ..runner import evaluate_options, run_training_job
+from ..training import TRAIN_COMPLETE_NAME, latest_checkpoint
+from ..validation import validate_options
+from .methods import STUDY_METHODS, apply_method, parse_methods, resolve_method
+from .results import read_compact_history, read_results_csv, write_compact_history, write_results_csv
+from .statistics.analysis import analyze_sweep, load_loss_histories, timestep_bin_losses
 
 __all__ = [
     "SweepCell",
     "analyze_sweep_dir",
     "build_cells",
-    "export_sweep_results",
+    "cell_options",
     "collect_results",
+    "export_sweep_results",
     "is_run_evaluated",
     "parse_cells",
     "read_results_csv",
@@ -188,7 +196,6 @@ def build_cells(sweep: SweepArguments, num_train_timesteps: int) -> list[SweepCe
 
 
 def _method_cells(sweep: SweepArguments, num_train_timesteps: int) -> list[SweepCell]:
-    from .methods import parse_methods
 
     if sweep.cells is not None:
         raise ValueError("--methods and --cells both choose the runs of a sweep: pass one of them")
@@ -317,8 +324,6 @@ def _pretrain(options: TrainingOptions, sweep: SweepArguments, target: Path, sta
 
 
 def _pretrain_locked(options: TrainingOptions, sweep: SweepArguments, target: Path) -> None:
-    from .runner import run_training_job
-    from .training import TRAIN_COMPLETE_NAME
 
     if (target / TRAIN_COMPLETE_NAME).is_file():
         return
@@ -376,7 +381,6 @@ def run_sweep(options: TrainingOptions, sweep: SweepArguments, *, analyze: bool 
     Returns:
         `list[dict]`: The result rows of every finished cell (this shard's and others').
     """
-    from .validation import validate_options
 
     sweep_dir = Path(sweep.sweep_dir)
     state = process_state()
@@ -428,8 +432,6 @@ def _run_cell(
     options: TrainingOptions, cell: SweepCell, run_dir: Path, pretrained: Path, state: Any, tag: str
 ) -> None:
     """Train (or resume) and evaluate one cell, or only evaluate it when its training finished (cell locked)."""
-    from .runner import evaluate_options, run_training_job
-    from .training import TRAIN_COMPLETE_NAME, _latest_checkpoint
 
     cell_opts = cell_options(options, cell, run_dir, pretrained)
     if (run_dir / TRAIN_COMPLETE_NAME).is_file():
@@ -439,11 +441,10 @@ def _run_cell(
             if not is_run_evaluated(run_dir):  # a kill may have come between the report and the card
                 evaluate_options(cell_opts, progress=False)
             # As run_training_job does after its evaluation: the card carries the new metrics.
-            from .hub import write_model_card
 
             write_model_card(run_dir, repo_id=cell_opts.hub.hub_model_id)
     else:
-        checkpoint = _latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
+        checkpoint = latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
         action = f"resuming from {checkpoint.name}" if checkpoint else "training"
         logger.info("%s %s: %s", tag, cell.run_name, action)
         run_training_job(cell_opts, progress=False)
@@ -516,42 +517,6 @@ def _pretrain_seed(source: str | None) -> int | None:
         return None
 
 
-def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Result rows as CSV (columns in order of first appearance), written to a temporary name and renamed.
-
-    ``run_dir`` is written relative to the CSV's folder (the file is published); :func:`read_results_csv` resolves it.
-    """
-    rows = [
-        {**row, "run_dir": publishable_path(row["run_dir"], path.parent)} if row.get("run_dir") else row
-        for row in rows
-    ]
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-#: Metrics drawn as heatmaps and against the interval mean / width in a sweep report.
-REPORT_METRICS = (
-    "mean_l2",
-    "nn_l2_mean",
-    "memorized_fraction",
-    "nn_ratio_mean",
-    "pca_pc1_wasserstein_1",
-    "pca_frechet_distance",
-    "feature_replication_score",
-    "feature_frechet_distance",
-    "feature_precision",
-    "feature_recall",
-    "final_loss",
-)
-
-
 def analyze_sweep_dir(
     sweep_dir: str | Path, *, make_plots: bool = True, num_train_timesteps: int | None = None
 ) -> dict[str, Any]:
@@ -565,7 +530,6 @@ def analyze_sweep_dir(
     Returns:
         `dict` with ``rows``, ``analysis`` and ``figures``.
     """
-    from .analysis import load_loss_histories
 
     sweep_dir = Path(sweep_dir)
     rows = collect_results(sweep_dir)
@@ -589,8 +553,6 @@ def write_sweep_analysis(
     make_plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``sweep_results.csv``, ``analysis.json``, ``figures/`` and ``REPORT.md`` for result rows."""
-    from .analysis import analyze_sweep, timestep_bin_losses
-    from .plotting import write_sweep_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -608,7 +570,9 @@ def write_sweep_analysis(
         analysis["timestep_bin_losses"] = timestep_bin_losses(histories, rows)
     write_json_atomic(out_dir / "analysis.json", analysis)
     figures = (
-        _sweep_figures(out_dir, rows, histories or {}, analysis.get("timestep_bin_losses", []), num_train_timesteps)
+        write_sweep_figures(
+            out_dir, rows, histories or {}, analysis.get("timestep_bin_losses", []), num_train_timesteps
+        )
         if make_plots
         else {}
     )
@@ -616,36 +580,11 @@ def write_sweep_analysis(
     return {"rows": rows, "analysis": analysis, "figures": figures}
 
 
-def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``sweep_results.csv`` with numbers parsed back (empty cells become `None`)."""
-    rows = []
-    with open(path, newline="") as handle:
-        for raw in csv.DictReader(handle):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                if value in ("", None):
-                    row[key] = None
-                    continue
-                try:
-                    number = float(value)
-                    row[key] = int(number) if key == "seed" else number
-                except ValueError:
-                    row[key] = value
-            run_dir = row.get("run_dir")
-            if isinstance(run_dir, str) and not Path(run_dir).is_absolute() and (Path(path).parent / run_dir).exists():
-                row["run_dir"] = str((Path(path).parent / run_dir).resolve())
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path} holds no result row")
-    return rows
-
-
 def export_sweep_results(sweep_dir: str | Path, dest: str | Path) -> dict[str, Any]:
     """Copy a sweep's small results (rows, loss histories) to `dest` and build its report there.
 
     The exported folder is self-contained: :func:`report_from_results` regenerates every figure and table from it.
     """
-    from .analysis import load_loss_histories
 
     sweep_dir, dest = Path(sweep_dir), Path(dest)
     rows = collect_results(sweep_dir)
@@ -668,40 +607,6 @@ def export_sweep_results(sweep_dir: str | Path, dest: str | Path) -> dict[str, A
     return write_sweep_analysis(dest, rows, exported_histories, num_train_timesteps=T)
 
 
-def _round_floats(value: Any, digits: int) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
-    if isinstance(value, list):
-        return [_round_floats(v, digits) for v in value]
-    if isinstance(value, dict):
-        return {k: _round_floats(v, digits) for k, v in value.items()}
-    return value
-
-
-def write_compact_history(path: Path, records: list[dict[str, Any]], *, digits: int = 5) -> Path:
-    """A loss history as gzip-compressed JSON lines, floats rounded to `digits` significant digits.
-
-    Exported studies keep every step of every run; rounded and compressed they take about a tenth of the plain
-    ``loss_history.jsonl`` (the full-precision file stays in the run folder). The gzip header carries no timestamp,
-    so the same history always gives the same bytes.
-    """
-    import gzip
-
-    text = "".join(json.dumps(_round_floats(r, digits)) + "\n" for r in records).encode()
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as handle:
-        handle.write(text)
-    return path
-
-
-def read_compact_history(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``.jsonl`` or ``.jsonl.gz`` loss history."""
-    import gzip
-
-    path = Path(path)
-    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1000) -> dict[str, Any]:
     """Regenerate ``analysis.json``, figures and ``REPORT.md`` from an exported ``sweep_results.csv``."""
     results_dir = Path(results_dir)
@@ -710,59 +615,3 @@ def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1
     for path in sorted((results_dir / "loss_histories").glob("*.jsonl*")):
         histories[path.name.split(".jsonl")[0]] = read_compact_history(path)
     return write_sweep_analysis(results_dir, rows, histories, num_train_timesteps=num_train_timesteps)
-
-
-def _sweep_figures(
-    sweep_dir: Path, rows: list[dict], histories: dict, bin_losses: list[dict], num_train_timesteps: int | None
-) -> dict[str, Path]:
-    from .plotting import (
-        plot_loss_curves_by_width,
-        plot_metric_heatmap,
-        plot_metric_vs_mean,
-        plot_metric_vs_width,
-        plot_pca_distances_vs_mean,
-        plot_sampling_distributions,
-        plot_timestep_bin_losses,
-        save_figure,
-    )
-    from .timestep_sampling import ci_normal_timestep_probs
-
-    out = sweep_dir / "figures"
-    T = (
-        num_train_timesteps
-        or json.loads((Path(rows[0]["run_dir"]) / "training_config.json").read_text())["sampler"][
-            "num_train_timesteps"
-        ]
-    )
-    ci_rows = [r for r in rows if r["timestep_sampling"] == "ci_normal"]
-    figures: dict[str, Path] = {}
-    if ci_rows:
-        for metric in REPORT_METRICS:
-            if not any(r.get(metric) is not None for r in ci_rows):
-                continue
-            figures[f"{metric} over (t_lower, t_upper)"] = save_figure(
-                plot_metric_heatmap(rows, metric, num_train_timesteps=T), out / f"heatmap_{metric}.png"
-            )
-            figures[f"{metric} vs CI mean"] = save_figure(
-                plot_metric_vs_mean(rows, metric), out / f"vs_mean_{metric}.png"
-            )
-            figures[f"{metric} vs CI width"] = save_figure(
-                plot_metric_vs_width(rows, metric), out / f"vs_width_{metric}.png"
-            )
-        figures["PCA distances vs CI mean"] = save_figure(plot_pca_distances_vs_mean(rows), out / "pca_vs_mean.png")
-        intervals = sorted({(r["ci_lower"], r["ci_upper"]) for r in ci_rows})
-        probs = {f"[{lo}, {hi}]": ci_normal_timestep_probs(T, lo, hi) for lo, hi in intervals}
-        figures["Sampling distributions"] = save_figure(plot_sampling_distributions(probs), out / "sampling.png")
-    if histories:
-        figures["Loss curves by CI width"] = save_figure(
-            plot_loss_curves_by_width(histories, rows), out / "loss_curves_by_width.png"
-        )
-        if ci_rows and any(e["timestep_sampling"] == "ci_normal" for e in bin_losses):
-            figures["Loss on the same timesteps"] = save_figure(
-                plot_timestep_bin_losses(bin_losses, num_train_timesteps=T), out / "timestep_bin_losses.png"
-            )
-    # Drop anything a previous, larger report left behind.
-    for stale in out.glob("*.png"):
-        if stale not in figures.values():
-            stale.unlink()
-    return figures

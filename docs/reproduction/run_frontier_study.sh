@@ -10,7 +10,7 @@
 # the second starts on the larger size; finished and running groups/runs are skipped through the folders' locks.
 # The study folder is resumable: rerunning the command skips finished runs and resumes killed ones.
 # Raw trajectory rows (one per arm, size, pretraining, step) go to docs/reproduction/frontier_<dataset>/, from which
-#   python -m diffusers_memctl.frontier docs/reproduction/frontier_<dataset>
+#   python -m diffusers_memctl.experiments.frontier docs/reproduction/frontier_<dataset>
 # rebuilds analysis.json, the tables (REPORT.md) and the figures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,4 +39,4 @@ python training_scripts/sweep_ci_grid.py "${ARGS[@]}" --train_subset_sizes "$SIZ
 python training_scripts/sweep_ci_grid.py "${ARGS[@]}" --train_subset_sizes "$LARGER" > "$dir/study_n$LARGER.log" 2>&1
 wait
 echo "frontier_$name: $((SECONDS - start)) s wall" | tee -a "$RUNS/frontier_wall_times.txt"
-python -m diffusers_memctl.frontier "docs/reproduction/frontier_$name" --export "$dir"
+python -m diffusers_memctl.experiments.frontier "docs/reproduction/frontier_$name" --export "$dir"

@@ -91,7 +91,7 @@ def _as_float_array(values: Any, name: str) -> np.ndarray:
     obj = np.asarray(values, dtype=object)
     if obj.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional; got shape {obj.shape}")
-    return np.asarray([np.nan if (v := _num(item)) is None else v for item in obj], dtype=np.float64)
+    return np.asarray([np.nan if (v := finite_or_none(item)) is None else v for item in obj], dtype=np.float64)
 
 
 def _degenerate(keys: Sequence[str], n: int, note: str, **extra: Any) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def spearman(x: Any, y: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_records(rows: Any) -> list[dict[str, Any]]:
+def as_records(rows: Any) -> list[dict[str, Any]]:
     """Result rows as a list of plain dicts, with `ci_mean` / `ci_width` filled in from the bounds where missing."""
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
         records = rows.to_dict(orient="records")
@@ -199,15 +199,15 @@ def _as_records(rows: Any) -> list[dict[str, Any]]:
     else:
         records = [dict(row) for row in rows]
     for row in records:
-        lo, hi = _num(row.get("ci_lower")), _num(row.get("ci_upper"))
-        if _num(row.get("ci_mean")) is None and lo is not None and hi is not None:
+        lo, hi = finite_or_none(row.get("ci_lower")), finite_or_none(row.get("ci_upper"))
+        if finite_or_none(row.get("ci_mean")) is None and lo is not None and hi is not None:
             row["ci_mean"] = 0.5 * (lo + hi)
-        if _num(row.get("ci_width")) is None and lo is not None and hi is not None:
+        if finite_or_none(row.get("ci_width")) is None and lo is not None and hi is not None:
             row["ci_width"] = hi - lo
     return records
 
 
-def _num(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
     """A finite float, or None for missing / non-numeric / NaN values."""
     if value is None or isinstance(value, (bool, np.bool_, str)):
         return None
@@ -218,15 +218,15 @@ def _num(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _is_ci_row(row: Mapping[str, Any]) -> bool:
+def is_ci_row(row: Mapping[str, Any]) -> bool:
     sampling = row.get("timestep_sampling")
     if isinstance(sampling, str):
         return sampling == "ci_normal"
     # Rows without a sampler name count as CI cells when they carry an interval.
-    return _num(row.get("ci_mean")) is not None
+    return finite_or_none(row.get("ci_mean")) is not None
 
 
-def _is_baseline_row(row: Mapping[str, Any]) -> bool:
+def is_baseline_row(row: Mapping[str, Any]) -> bool:
     # Uniform sampling *and* no re-weighting: min-SNR and P2 runs also sample uniformly.
     return row.get("timestep_sampling") == "uniform" and row.get("loss_weighting") in (None, "none")
 
@@ -238,7 +238,7 @@ def _metric_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
         for key, value in row.items():
             if key in names or key in _ID_COLUMNS or key.startswith(("ci_", "ref_")):
                 continue
-            if _num(value) is not None:
+            if finite_or_none(value) is not None:
                 names.append(key)
     return names
 
@@ -253,14 +253,14 @@ def _summary(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Recursively replace NaN/inf by None and numpy scalars by Python ones."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [_json_safe(v) for v in value.tolist()]
+        return [json_safe(v) for v in value.tolist()]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -273,7 +273,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _cell_key(row: Mapping[str, Any]) -> str:
+def cell_key(row: Mapping[str, Any]) -> str:
     cell = row.get("cell")
     if cell is not None and not (isinstance(cell, float) and math.isnan(cell)):
         return str(cell)
@@ -314,7 +314,7 @@ def analyze_sweep(
         raise ValueError(f"unit must be 'run' or 'cell'; got {unit!r}")
     if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be a float in (0, 1); got {confidence!r}")
-    records = _as_records(rows)
+    records = as_records(rows)
     if metrics is None:
         metric_names = _metric_columns(records)
     else:
@@ -324,13 +324,13 @@ def analyze_sweep(
         if missing:
             raise ValueError(f"metrics {missing} are not columns of the rows; available: {sorted(present)}")
 
-    ci_rows = [row for row in records if _is_ci_row(row)]
-    baseline_rows = [row for row in records if _is_baseline_row(row)]
+    ci_rows = [row for row in records if is_ci_row(row)]
+    baseline_rows = [row for row in records if is_baseline_row(row)]
 
     # Per-cell summaries, in order of first appearance.
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in records:
-        groups.setdefault(_cell_key(row), []).append(row)
+        groups.setdefault(cell_key(row), []).append(row)
     cells = []
     for name, members in groups.items():
         first = members[0]
@@ -338,19 +338,21 @@ def analyze_sweep(
             {
                 "cell": name,
                 "timestep_sampling": first.get("timestep_sampling"),
-                "ci_lower": _num(first.get("ci_lower")),
-                "ci_upper": _num(first.get("ci_upper")),
-                "ci_mean": _num(first.get("ci_mean")),
-                "ci_width": _num(first.get("ci_width")),
+                "ci_lower": finite_or_none(first.get("ci_lower")),
+                "ci_upper": finite_or_none(first.get("ci_upper")),
+                "ci_mean": finite_or_none(first.get("ci_mean")),
+                "ci_width": finite_or_none(first.get("ci_width")),
                 "n_seeds": len(members),
                 "seeds": [m.get("seed") for m in members],
-                "metrics": {metric: _summary([_num(m.get(metric)) for m in members]) for metric in metric_names},
+                "metrics": {
+                    metric: _summary([finite_or_none(m.get(metric)) for m in members]) for metric in metric_names
+                },
             }
         )
 
-    ci_cell_names = {_cell_key(row) for row in ci_rows}
+    ci_cell_names = {cell_key(row) for row in ci_rows}
     if unit == "run":
-        points = [{k: _num(row.get(k)) for k in ("ci_mean", "ci_width", *metric_names)} for row in ci_rows]
+        points = [{k: finite_or_none(row.get(k)) for k in ("ci_mean", "ci_width", *metric_names)} for row in ci_rows]
     else:
         points = [
             {"ci_mean": c["ci_mean"], "ci_width": c["ci_width"], **{m: c["metrics"][m]["mean"] for m in metric_names}}
@@ -375,7 +377,9 @@ def analyze_sweep(
     for kind in ("pearson", "spearman"):
         family = [correlations[m][v][kind] for m in metric_names for v in ("ci_mean", "ci_width")]
         annotate_holm(family, f"every {kind} correlation of this analysis (each metric vs ci_mean and vs ci_width)")
-    baseline = {metric: _summary([_num(row.get(metric)) for row in baseline_rows]) for metric in metric_names}
+    baseline = {
+        metric: _summary([finite_or_none(row.get(metric)) for row in baseline_rows]) for metric in metric_names
+    }
 
     result = {
         "schema_version": 1,
@@ -391,11 +395,11 @@ def analyze_sweep(
             "method": "Holm (statsmodels multipletests, method='holm'); adjusted p in p_holm beside p_value",
         },
         "baseline": baseline if baseline_rows else {},
-        "baseline_cells": sorted({_cell_key(row) for row in baseline_rows}),
+        "baseline_cells": sorted({cell_key(row) for row in baseline_rows}),
         "cells": cells,
         "paper_reference": PAPER_REFERENCE,
     }
-    return _json_safe(result)
+    return json_safe(result)
 
 
 def load_loss_histories(
@@ -475,18 +479,18 @@ def timestep_bin_losses(
     cells: dict[str, dict[str, Any]] = {}
     sums: dict[str, np.ndarray] = {}  # per cell: sum of loss x count in each bin
     counts: dict[str, np.ndarray] = {}
-    for row in _as_records(rows):
+    for row in as_records(rows):
         records = [r for r in histories.get(str(row.get("run_dir")), []) if r.get("bin_losses") is not None]
         if not records:
             continue
         tail = records[-max(1, math.ceil(len(records) * float(tail_fraction))) :]
         width = len(tail[0]["bin_losses"])
-        key = _cell_key(row)
+        key = cell_key(row)
         if key not in cells:
             cells[key] = {
                 "cell": key,
                 "timestep_sampling": row.get("timestep_sampling"),
-                **{k: _num(row.get(k)) for k in ("ci_lower", "ci_upper", "ci_mean", "ci_width")},
+                **{k: finite_or_none(row.get(k)) for k in ("ci_lower", "ci_upper", "ci_mean", "ci_width")},
                 "n_runs": 0,
             }
             sums[key], counts[key] = np.zeros(width), np.zeros(width, dtype=np.int64)
@@ -509,7 +513,7 @@ def timestep_bin_losses(
         }
         for key, entry in cells.items()
     ]
-    return _json_safe(result)
+    return json_safe(result)
 
 
 def rows_to_dataframe(rows: Any):
@@ -524,7 +528,7 @@ def rows_to_dataframe(rows: Any):
     """
     import pandas as pd
 
-    records = _as_records(rows)
+    records = as_records(rows)
     frame = pd.DataFrame.from_records(records)
     leading = [
         c

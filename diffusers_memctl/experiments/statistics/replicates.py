@@ -29,7 +29,7 @@ from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from .analysis import _num
+from .analysis import finite_or_none, pearson_with_ci
 from .multiple_testing import annotate_holm
 
 __all__ = [
@@ -60,7 +60,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, A
     Returns:
         `dict`: `mean`, `ci_low`, `ci_high`, `p_value`, `n`, `sd` (`None` where undefined: n < 2 or zero spread).
     """
-    x = np.asarray([v for v in values if _num(v) is not None], dtype=np.float64)
+    x = np.asarray([v for v in values if finite_or_none(v) is not None], dtype=np.float64)
     n = int(x.size)
     out: dict[str, Any] = {"mean": float(x.mean()) if n else None, "n": n, "ci_low": None, "ci_high": None}
     out.update(p_value=None, sd=None)
@@ -107,11 +107,11 @@ def replicate_values(
             "method": method,
             replicate_key: replicate,
             "n_runs": len(members),
-            "ci_mean": _num(members[0].get("ci_mean")),
-            "ci_width": _num(members[0].get("ci_width")),
+            "ci_mean": finite_or_none(members[0].get("ci_mean")),
+            "ci_width": finite_or_none(members[0].get("ci_width")),
         }
         for metric in metrics:
-            values = [v for m in members if (v := _num(m.get(metric))) is not None]
+            values = [v for m in members if (v := finite_or_none(m.get(metric))) is not None]
             entry[metric] = float(np.mean(values)) if values else None
         out.append(entry)
     return out
@@ -146,11 +146,11 @@ def mixed_model_effect(
     """
     data: dict[str, list] = {"y": [], "x": [], "g": []}
     for row in rows:
-        y = _num(row.get(metric))
+        y = finite_or_none(row.get(metric))
         if term.startswith("is:"):
             x = 1.0 if _method_of(row) == term[3:] else 0.0
         else:
-            x = _num(row.get(term))
+            x = finite_or_none(row.get(term))
         if y is None or x is None or row.get(group_key) is None:
             continue
         data["y"].append(y)
@@ -250,7 +250,7 @@ def _run_level_difference(
     """Difference of run means with Welch's p, every run counted as independent (pseudo-replicated)."""
 
     def values(name: str) -> list[float]:
-        return [v for r in run_rows if _method_of(r) == name and (v := _num(r.get(metric))) is not None]
+        return [v for r in run_rows if _method_of(r) == name and (v := finite_or_none(r.get(metric))) is not None]
 
     a, b = values(method), values(baseline)
     welch = None
@@ -280,7 +280,6 @@ def replicate_correlations(
     undefined), and `per_replicate_r_without_lowest` (r with the method at the lowest value of `variable` left
     out: an r near -1 or +1 that vanishes without it is one point against the rest, not a dose-response).
     """
-    from .analysis import pearson_with_ci
 
     table = [r for r in replicate_values(rows, [metric], replicate_key=replicate_key) if r[variable] is not None]
     out = []
@@ -308,7 +307,9 @@ def replicate_correlations(
             for k, v in z_summary.items()
             if k in ("mean", "ci_low", "ci_high")
         }
-        run_rows = [r for r in rows if r.get("train_subset_size") == size and _num(r.get(variable)) is not None]
+        run_rows = [
+            r for r in rows if r.get("train_subset_size") == size and finite_or_none(r.get(variable)) is not None
+        ]
         out.append(
             {
                 "metric": metric,
@@ -332,8 +333,8 @@ def replicate_correlations(
                     run_rows, metric, variable, group_key=replicate_key, confidence=confidence
                 ),
                 "run_level": pearson_with_ci(
-                    [_num(r.get(variable)) for r in run_rows],
-                    [_num(r.get(metric)) for r in run_rows],
+                    [finite_or_none(r.get(variable)) for r in run_rows],
+                    [finite_or_none(r.get(metric)) for r in run_rows],
                     confidence=confidence,
                 ),
             }
