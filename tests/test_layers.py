@@ -35,7 +35,15 @@ PENDING_PRIVATE = {
     ),
     *(
         f"diffusers_memctl/neighbors.py: {name}"
-        for name in ("_as_pair", "_as_samples", "_candidate_precision", "_check_chunk", "_check_int", "_select_k")
+        for name in (
+            "_as_pair",
+            "_as_samples",
+            "_candidate_precision",
+            "_check_chunk",
+            "_check_int",
+            "_select_k",
+            "_squared_norms",
+        )
     ),
 }
 

@@ -82,7 +82,7 @@ def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
     Returns:
         `Path`: The template file.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder (this module is in reports/)
     for folder in (here / "model_cards", here.parent / "model_cards"):
         if (folder / name).is_file():
             return folder / name
