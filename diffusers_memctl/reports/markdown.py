@@ -162,6 +162,109 @@ def _gradient_profile_section(sweep_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _sweep_correlation_section(analysis: Mapping[str, Any], metrics: list[str]) -> list[str]:
+    """The correlations with the interval's mean and width, and the paper's numbers beside them."""
+    lines = ["## Correlations", ""]
+    correlations = analysis.get("correlations", {})
+    paper = analysis.get("paper_reference", {})
+    paper_by_key = {(ref.get("metric"), ref.get("variable")): ref for ref in paper.values()}
+    cell_level = analysis.get("cell_level_correlations") or {}
+    n_cells = int(analysis.get("n_cells") or 0)
+    if n_cells < 4:
+        lines += [
+            f"Only {n_cells} CI cell(s): too few for a correlation with the interval's mean or width (a Fisher-z "
+            "interval needs at least 4 cells); compare the cells in the table below instead.",
+            "",
+        ]
+    else:
+        lines += _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis)
+    if paper and n_cells >= 4:
+        lines.append("Paper reference (arXiv 2601.21348):")
+        lines.append("")
+        for name, ref in paper.items():
+            interval = _fmt_interval(ref.get("ci_low"), ref.get("ci_high"))
+            lines.append(f"- {name}: r = {_fmt(ref.get('r'), '+.4f')}, 95% CI {interval} ({ref.get('source', '')})")
+        lines.append("")
+    return lines
+
+
+def _sweep_figures_section(sweep_dir: Path, figure_paths: Mapping[str, str | os.PathLike] | None) -> list[str]:
+    """The figures, linked relative to the sweep folder."""
+    lines: list[str] = []
+    if figure_paths:
+        lines += ["## Figures", ""]
+        for label, figure_path in figure_paths.items():
+            figure_path = Path(figure_path)
+            try:
+                link = Path(os.path.relpath(figure_path, sweep_dir)).as_posix()
+            except ValueError:  # another drive on Windows
+                link = figure_path.as_posix()
+            lines += [f"### {label}", "", f"![{label}]({link})", ""]
+    return lines
+
+
+def _sweep_baseline_section(analysis: Mapping[str, Any], metrics: list[str]) -> list[str]:
+    """The uniform baseline's metrics."""
+    lines: list[str] = []
+    baseline = analysis.get("baseline") or {}
+    if baseline:
+        lines += ["## Uniform baseline", "", "| metric | mean ± std | n |", "|---|---|---|"]
+        for metric in metrics:
+            lines.append(
+                f"| {metric} | {_mean_std(baseline.get(metric))} | {(baseline.get(metric) or {}).get('n', 0)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _sweep_bin_loss_section(analysis: Mapping[str, Any]) -> list[str]:
+    """Each cell's loss per timestep bin, relative to uniform's on the same bin when uniform ran."""
+    lines: list[str] = []
+    bin_entries = analysis.get("timestep_bin_losses") or []
+    if any(e.get("timestep_sampling") == "ci_normal" for e in bin_entries):
+        cells, values, relative = bin_loss_ratios(bin_entries)
+        num_bins = values.shape[1]
+        lines += ["## Loss on the same timesteps", ""]
+        lines.append(
+            "Total training losses do not compare cells: each averages over the timesteps its own sampler draws, and "
+            "the loss falls steeply with t. Below, each cell's loss per tenth of the timestep axis over the last 25% "
+            "of its steps (seeds pooled)"
+            + (
+                ", divided by the uniform baseline's loss on the same bin (< 1: lower than uniform)."
+                if relative
+                else "."
+            )
+        )
+        lines.append("")
+        lines.append("| cell | " + " | ".join(f"bin {k}" for k in range(num_bins)) + " |")
+        lines.append("|" + "---|" * (num_bins + 1))
+        for cell, row in zip(cells, values):
+            lines.append(
+                f"| [{_fmt(cell.get('ci_lower'), 'g')}, {_fmt(cell.get('ci_upper'), 'g')}] | "
+                + " | ".join(_fmt(v if np.isfinite(v) else None, ".3g") for v in row)
+                + " |"
+            )
+        lines.append("")
+    return lines
+
+
+def _sweep_cells_section(analysis: Mapping[str, Any], metrics: list[str]) -> list[str]:
+    """One row per cell: its interval and its metrics (mean ± std over seeds)."""
+    lines: list[str] = []
+    lines += ["## Cells (mean ± std over seeds)", ""]
+    lines.append("| cell | sampling | t_lower | t_upper | mean | width | seeds | " + " | ".join(metrics) + " |")
+    lines.append("|" + "---|" * (7 + len(metrics)))
+    for cell in analysis.get("cells", []):
+        values = " | ".join(_mean_std(cell.get("metrics", {}).get(m)) for m in metrics)
+        lines.append(
+            f"| {cell.get('cell')} | {cell.get('timestep_sampling')} | {_fmt(cell.get('ci_lower'), 'g')} | "
+            f"{_fmt(cell.get('ci_upper'), 'g')} | {_fmt(cell.get('ci_mean'), 'g')} | {_fmt(cell.get('ci_width'), 'g')} | "
+            f"{cell.get('n_seeds', '–')} | {values} |"
+        )
+    lines.append("")
+    return lines
+
+
 def write_sweep_report(
     sweep_dir: str | os.PathLike,
     rows: Any,
@@ -193,9 +296,6 @@ def write_sweep_report(
     if analysis is None:
         analysis = analyze_sweep(records)
     metrics = list(analysis.get("metrics", []))
-    correlations = analysis.get("correlations", {})
-    paper = analysis.get("paper_reference", {})
-    paper_by_key = {(ref.get("metric"), ref.get("variable")): ref for ref in paper.values()}
 
     lines = [f"# {title}", "", *_sweep_summary(records, analysis), ""]
     lines.append(
@@ -205,82 +305,12 @@ def write_sweep_report(
     )
     lines.append("")
 
-    lines += ["## Correlations", ""]
-    cell_level = analysis.get("cell_level_correlations") or {}
-    n_cells = int(analysis.get("n_cells") or 0)
-    if n_cells < 4:
-        lines += [
-            f"Only {n_cells} CI cell(s): too few for a correlation with the interval's mean or width (a Fisher-z "
-            "interval needs at least 4 cells); compare the cells in the table below instead.",
-            "",
-        ]
-    else:
-        lines += _correlation_table(metrics, correlations, cell_level, paper_by_key, analysis)
-    if paper and n_cells >= 4:
-        lines.append("Paper reference (arXiv 2601.21348):")
-        lines.append("")
-        for name, ref in paper.items():
-            interval = _fmt_interval(ref.get("ci_low"), ref.get("ci_high"))
-            lines.append(f"- {name}: r = {_fmt(ref.get('r'), '+.4f')}, 95% CI {interval} ({ref.get('source', '')})")
-        lines.append("")
-
-    if figure_paths:
-        lines += ["## Figures", ""]
-        for label, figure_path in figure_paths.items():
-            figure_path = Path(figure_path)
-            try:
-                link = Path(os.path.relpath(figure_path, sweep_dir)).as_posix()
-            except ValueError:  # another drive on Windows
-                link = figure_path.as_posix()
-            lines += [f"### {label}", "", f"![{label}]({link})", ""]
-
-    baseline = analysis.get("baseline") or {}
-    if baseline:
-        lines += ["## Uniform baseline", "", "| metric | mean ± std | n |", "|---|---|---|"]
-        for metric in metrics:
-            lines.append(
-                f"| {metric} | {_mean_std(baseline.get(metric))} | {(baseline.get(metric) or {}).get('n', 0)} |"
-            )
-        lines.append("")
-
-    bin_entries = analysis.get("timestep_bin_losses") or []
-    if any(e.get("timestep_sampling") == "ci_normal" for e in bin_entries):
-        cells, values, relative = bin_loss_ratios(bin_entries)
-        num_bins = values.shape[1]
-        lines += ["## Loss on the same timesteps", ""]
-        lines.append(
-            "Total training losses do not compare cells: each averages over the timesteps its own sampler draws, and "
-            "the loss falls steeply with t. Below, each cell's loss per tenth of the timestep axis over the last 25% "
-            "of its steps (seeds pooled)"
-            + (
-                ", divided by the uniform baseline's loss on the same bin (< 1: lower than uniform)."
-                if relative
-                else "."
-            )
-        )
-        lines.append("")
-        lines.append("| cell | " + " | ".join(f"bin {k}" for k in range(num_bins)) + " |")
-        lines.append("|" + "---|" * (num_bins + 1))
-        for cell, row in zip(cells, values):
-            lines.append(
-                f"| [{_fmt(cell.get('ci_lower'), 'g')}, {_fmt(cell.get('ci_upper'), 'g')}] | "
-                + " | ".join(_fmt(v if np.isfinite(v) else None, ".3g") for v in row)
-                + " |"
-            )
-        lines.append("")
-
+    lines += _sweep_correlation_section(analysis, metrics)
+    lines += _sweep_figures_section(sweep_dir, figure_paths)
+    lines += _sweep_baseline_section(analysis, metrics)
+    lines += _sweep_bin_loss_section(analysis)
     lines += _gradient_profile_section(sweep_dir)
-    lines += ["## Cells (mean ± std over seeds)", ""]
-    lines.append("| cell | sampling | t_lower | t_upper | mean | width | seeds | " + " | ".join(metrics) + " |")
-    lines.append("|" + "---|" * (7 + len(metrics)))
-    for cell in analysis.get("cells", []):
-        values = " | ".join(_mean_std(cell.get("metrics", {}).get(m)) for m in metrics)
-        lines.append(
-            f"| {cell.get('cell')} | {cell.get('timestep_sampling')} | {_fmt(cell.get('ci_lower'), 'g')} | "
-            f"{_fmt(cell.get('ci_upper'), 'g')} | {_fmt(cell.get('ci_mean'), 'g')} | {_fmt(cell.get('ci_width'), 'g')} | "
-            f"{cell.get('n_seeds', '–')} | {values} |"
-        )
-    lines.append("")
+    lines += _sweep_cells_section(analysis, metrics)
 
     path = sweep_dir / "REPORT.md"
     path.write_text("\n".join(lines), encoding="utf-8")
