@@ -10,15 +10,17 @@ from statsmodels.stats.multitest import multipletests
 from diffusers_memctl.experiments.frontier import (
     FRONTIER_ROWS_NAME,
     add_matched_quality_to_study,
-    analyze_frontier,
     collect_frontier_rows,
-    copies_at_quality,
     main,
+    read_frontier_rows,
+    write_frontier_rows,
+)
+from diffusers_memctl.experiments.statistics.frontier import (
+    analyze_frontier,
+    copies_at_quality,
     paired_summary,
     pareto_frontier,
     quality_at_copies,
-    read_frontier_rows,
-    write_frontier_rows,
 )
 
 

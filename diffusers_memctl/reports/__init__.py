@@ -4,6 +4,7 @@
 - :mod:`.runs`: one run's figures (nearest neighbours, PCA, loss history, signals);
 - :mod:`.gradient_profiles`: a gradient profile's figures;
 - :mod:`.sweeps` and :mod:`.studies`: a sweep's and a study's figures;
+- :mod:`.frontier`: the matched-quality frontier's report text, figure and plain answer;
 - :mod:`.markdown`: the one writer of a sweep's and a study's ``REPORT.md``;
 - :mod:`.cards`: model cards of runs and sweeps.
 
