@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .eval_history import BUDGET_KEY, sync_final_row
-from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
+from .generation import estimate_generation_seconds, generate_samples, make_sampler
+from .generation import precision_label as _precision_label  # public in generation; i21e renames the uses here
 from .run_folder import (
     check_run_ids,
     disk_full_guard,

@@ -21,7 +21,6 @@ PENDING_IN_FUNCTION = {"diffusers_memctl/evaluation.py", "diffusers_memctl/runne
 #: refactors own (issue 21, branch i21e; neighbours: issue 22): they make these public. This set only shrinks.
 PENDING_PRIVATE = {
     "diffusers_memctl/diagnostics.py: _resolve_run_dir",
-    "diffusers_memctl/evaluation.py: _precision_label",
     *(
         f"diffusers_memctl/metrics.py: {name}"
         for name in (
