@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
+from .data import load_training_data
 from .distributed import check_launch, process_state
+from .evaluation import evaluate_run
 from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
@@ -43,21 +45,18 @@ def _after_training(step: str, output_dir: Path, rerun: str) -> Iterator[None]:
 
 def evaluate_options(options: TrainingOptions, *, progress: bool = True, training_data: Any = None) -> dict[str, Any]:
     """Run :func:`~diffusers_memctl.evaluation.evaluate_run` with the evaluation settings of `options`."""
-    from .evaluation import evaluate_run, evaluation_kwargs
-
-    e = options.evaluation
     return evaluate_run(
-        options.training.output_dir,
-        **evaluation_kwargs(e),
-        progress=progress,
-        training_data=training_data,
+        options.training.output_dir, options.evaluation, progress=progress, training_data=training_data
     )
 
 
 def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tuple[TrainResult, dict[str, Any] | None]:
     """Train, then (on the main process) evaluate, write ``README.md`` and push when asked.
 
-    Resuming a finished run trains nothing: its evaluation is run only when it has none yet.
+    One pass: the options are validated once and the run folder is planned once ([`plan_run`], under the folder's
+    lock, before any data is loaded); [`train`] receives that plan, and the training data loaded for training is the
+    data the evaluation measures against. Resuming a finished run trains nothing: its evaluation is run only when it
+    has none yet.
 
     Args:
         options ([`TrainingOptions`]): Every setting of the run.
@@ -67,8 +66,6 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
         `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off, on other processes, or
         when a finished run already had one).
     """
-    from .data import load_training_data
-
     validate_options(options)
     state = process_state()
     # A launch whose processes would not train together stops before any data is loaded.
@@ -96,7 +93,8 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
                 check_feature_extractor(
                     e.feature_extractor, data.modality, replication_threshold=e.replication_threshold
                 )
-            result = train(options, data=data)
+            # Validated and planned once, here: train() follows this plan under this lock.
+            result = train(options, data=data, plan=plan)
         if not state.is_main_process:
             return result, None
         try:

@@ -568,12 +568,17 @@ def finished_run_result(output_dir: Path) -> TrainResult:
 
 
 @contextlib.contextmanager
-def _locked_plan(accelerator: Any, options: TrainingOptions):
+def _locked_plan(accelerator: Any, options: TrainingOptions, plan: RunPlan | None = None):
     """Hold the run folder's lock (main process) for the whole run and yield the [`RunPlan`] every process follows.
 
     Every process plans from the folder as it is before anything is written (the lock keeps other launches out, and
-    this launch writes only after the plan), so all processes reach the same plan, or raise the same error.
+    this launch writes only after the plan), so all processes reach the same plan, or raise the same error. A `plan`
+    given by the caller was made that way under the lock the caller still holds: it is only waited on.
     """
+    if plan is not None:
+        accelerator.wait_for_everyone()  # every process has its plan before the main process writes
+        yield plan
+        return
     t_args = options.training
     output_dir = Path(t_args.output_dir)
     with launch_lock(output_dir, is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes):
@@ -1196,7 +1201,13 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def train(options: TrainingOptions, *, data: TrainingData | None = None, accelerator: Any = None) -> TrainResult:
+def train(
+    options: TrainingOptions,
+    *,
+    data: TrainingData | None = None,
+    accelerator: Any = None,
+    plan: RunPlan | None = None,
+) -> TrainResult:
     """Train (or fine-tune) a diffusion model with the configured timestep sampler.
 
     The run folder is locked for the whole run (a second writer fails at once with [`RunFolderBusyError`]); what
@@ -1206,15 +1217,19 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
         options ([`TrainingOptions`]): Every setting of the run (see `diffusers_memctl.args`).
         data ([`TrainingData`], *optional*): Preloaded data (default: loaded from ``options.data``).
         accelerator (`accelerate.Accelerator`, *optional*): An existing accelerator (default: created here).
+        plan ([`RunPlan`], *optional*): The plan of a caller that validated `options` and planned the folder under
+            its launch lock, which it still holds ([`~diffusers_memctl.runner.run_training_job`]): neither is done
+            again. Default: `options` are validated and the folder is locked and planned here.
 
     Returns:
         [`TrainResult`]
     """
-    validate_options(options)
+    if plan is None:
+        validate_options(options)
     if accelerator is None:
         accelerator = _create_accelerator(options)
     check_launch(accelerator.num_processes)
-    with _locked_plan(accelerator, options) as plan:
+    with _locked_plan(accelerator, options, plan) as plan:
         if plan.action == "finished":
             return finished_run_result(Path(options.training.output_dir))
         if plan.action == "new" and options.training.resume_from_checkpoint:

@@ -497,11 +497,13 @@ def test_every_flag_is_checked_before_data_or_folders_even_in_a_dry_run(
     tmp_path, monkeypatch, flags, message, dry_run
 ):
     import diffusers_memctl.data as data
+    import diffusers_memctl.runner as runner
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the flags were checked")
 
     monkeypatch.setattr(data, "load_training_data", no_data)
+    monkeypatch.setattr(runner, "load_training_data", no_data)  # the job's own reference to it
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=message.replace("(", r"\(")) as info:
         main(_argv(run, *flags, *(["--dry_run"] if dry_run else [])))
@@ -843,11 +845,13 @@ def test_7_an_output_dir_that_is_a_file_is_one_clear_error(tmp_path, dry_run):
 def test_8_a_resolution_too_large_for_memory_is_refused_before_any_allocation(tmp_path, monkeypatch, dry_run):
     """The finding: `unexpected MemoryError: Unable to allocate 49.0 TiB` during data loading; --dry_run accepted."""
     import diffusers_memctl.data as data
+    import diffusers_memctl.runner as runner
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the size was checked")
 
     monkeypatch.setattr(data, "load_training_data", no_data)
+    monkeypatch.setattr(runner, "load_training_data", no_data)  # the job's own reference to it
     with pytest.raises(ValueError, match=r"--resolution 100000 .* needs about .* TiB of memory, more than"):
         main(_argv(tmp_path / "run", "--resolution", "100000", *(["--dry_run"] if dry_run else [])))
     assert not (tmp_path / "run").exists()
