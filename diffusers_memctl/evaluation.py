@@ -26,7 +26,7 @@ from .args import DataArguments, EvaluationArguments
 from .data import load_training_data, samples_fingerprint
 from .eval_history import BUDGET_KEY, sync_final_row
 from .features import default_feature_cache, feature_report, load_feature_extractor, write_replication_figure
-from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
+from .generation import estimate_generation_seconds, generate_samples, make_sampler, precision_label
 from .metrics import (
     compute_metrics,
     heldout_metrics,
@@ -366,7 +366,7 @@ def _generate(loaded: _LoadedRun, settings: EvaluationArguments, progress: bool)
         steps,
         s.eval_batch_size,
         loaded.device,
-        _precision_label(mixed_precision),
+        precision_label(mixed_precision),
         estimate,
         training.shape[0],
     )

@@ -17,6 +17,7 @@ from .args import TrainingOptions
 from .data import load_training_data
 from .distributed import check_launch, process_state
 from .evaluation import evaluate_run
+from .features import check_feature_extractor
 from .run_folder import launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
@@ -86,8 +87,6 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
         else:
             data = load_training_data(options.data)
             if options.evaluation.feature_extractor and options.evaluation.eval_num_samples > 0:
-                from .features import check_feature_extractor
-
                 # A missing backbone should stop the job now, not after training.
                 e = options.evaluation
                 check_feature_extractor(
@@ -112,6 +111,7 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
     """Evaluate, write the card, push: each after the pipeline is saved, each failing with its own rerun line."""
+    # hub (cards, pushes) sits above the runner in the layers: imported where a job reaches it.
     from .hub import write_model_card
 
     output_dir = Path(options.training.output_dir)
