@@ -533,7 +533,7 @@ def evaluate_model(
     model: torch.nn.Module,
     scheduler_config: Any,
     training_data: Any,
-    evaluation_args: Any,
+    evaluation_args: EvaluationArguments,
     *,
     num_samples: int,
     mixed_precision: str = "no",
