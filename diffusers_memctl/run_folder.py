@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME as DIFFUSERS_SCHEDULER_CONFIG_NAME
-from diffusers.utils import CONFIG_NAME
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 __all__ = [
     "ANALYSIS_NAME",
@@ -69,6 +69,7 @@ __all__ = [
     "METRICS_NAME",
     "MODEL_CONFIG_NAME",
     "MODEL_INDEX_NAME",
+    "MODEL_WEIGHTS_NAME",
     "PLOTS_DIR",
     "REPORT_NAME",
     "RUN_ID_KEY",
@@ -155,6 +156,7 @@ UNET_EMA_DIR = "unet_ema"
 SCHEDULER_DIR = "scheduler"
 #: diffusers' config file names inside a model and a scheduler folder.
 MODEL_CONFIG_NAME = CONFIG_NAME
+MODEL_WEIGHTS_NAME = SAFETENSORS_WEIGHTS_NAME
 SCHEDULER_CONFIG_NAME = DIFFUSERS_SCHEDULER_CONFIG_NAME
 #: Figures of the run and of its evaluation.
 PLOTS_DIR = "plots"
@@ -864,9 +866,9 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     from safetensors import safe_open
 
     # A model folder (unet/, unet_ema/) whose config survived but whose weights did not.
-    for config in sorted(checkpoint.glob("*/config.json")):
+    for config in sorted(checkpoint.glob(f"*/{MODEL_CONFIG_NAME}")):
         if not list(config.parent.glob("*.safetensors")):
-            return config.parent / "diffusion_pytorch_model.safetensors", "missing"
+            return config.parent / MODEL_WEIGHTS_NAME, "missing"
     # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
     files = sorted((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".safetensors", p))
     for path in files:
