@@ -22,16 +22,19 @@ import torch
 from .eval_history import BUDGET_KEY, sync_final_row
 from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 from .run_folder import (
+    METRICS_NAME,
+    PLOTS_DIR,
+    SAMPLES_NAME,
+    UNET_DIR,
+    RunFolder,
     check_run_ids,
     disk_full_guard,
-    read_jsonl,
     recover_interrupted_swaps,
     resolve_published_args,
     run_lock,
     staging_folder,
     swap_in,
     write_bytes_atomic,
-    write_json_atomic,
 )
 
 __all__ = [
@@ -81,10 +84,10 @@ def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
 
 def read_training_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``training_config.json`` of a run folder (clear error when it is not a run)."""
-    path = Path(run_dir) / "training_config.json"
+    path = RunFolder(run_dir).training_config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a diffusers-memctl run: {path.name} is missing")
-    config = json.loads(path.read_text())
+    config = RunFolder(run_dir).read_training_config()
     if "args" not in config or "modality" not in config:
         raise ValueError(f"{path} is not a training config of diffusers-memctl (keys 'args' and 'modality' missing)")
     return config
@@ -111,7 +114,7 @@ def _resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -
 def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.nn.Module, Any]:
     """The denoiser and the scheduler config of a saved run (``model_index.json`` + ``unet/`` + ``scheduler/``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model_index.json").is_file() or not (run_dir / "unet").is_dir():
+    if not RunFolder(run_dir).has_pipeline:
         raise FileNotFoundError(
             f"{run_dir} holds no saved model (model_index.json and unet/ are missing); train it first or point at the "
             "run's output_dir"
@@ -119,12 +122,12 @@ def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.
     if modality == "signal":
         from .models.unet_1d_memctl import UNet1DMemCtlModel
 
-        unet = UNet1DMemCtlModel.from_pretrained(run_dir / "unet")
+        unet = UNet1DMemCtlModel.from_pretrained(run_dir / UNET_DIR)
     else:
         from diffusers import UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(run_dir / "unet")
-    scheduler_config = json.loads((run_dir / "scheduler" / "scheduler_config.json").read_text())
+        unet = UNet2DModel.from_pretrained(run_dir / UNET_DIR)
+    scheduler_config = json.loads(RunFolder(run_dir).scheduler_config.read_text())
     return unet, scheduler_config
 
 
@@ -255,7 +258,7 @@ def evaluate_run(
         # A report whose swap a kill interrupted is completed first: its metrics.json is never lost.
         recover_interrupted_swaps(run_path)
         # Old weights beside a new config (an interrupted --overwrite_output_dir) must not be measured as the new run.
-        run_id = check_run_ids(run_path, ("unet",), action="evaluate")
+        run_id = check_run_ids(run_path, (UNET_DIR,), action="evaluate")
         report, generated, training, modality, features = _generate_and_measure(
             run_path,
             num_samples=num_samples,
@@ -567,7 +570,7 @@ def evaluate_model(
 
 
 #: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.
-REPORT_FILES = ("samples.npz", *(f"plots/{name}" for name in EVALUATION_PLOT_NAMES), "metrics.json")
+REPORT_FILES = (SAMPLES_NAME, *(f"{PLOTS_DIR}/{name}" for name in EVALUATION_PLOT_NAMES), METRICS_NAME)
 
 
 def _publish_report(
@@ -596,16 +599,18 @@ def _publish_report(
                     pca_components,
                     pca_fit_on,
                     memorization_threshold,
-                    plots_dir=staging / "plots",
+                    plots_dir=staging / PLOTS_DIR,
                 )
                 if features is not None:
                     from .features import write_replication_figure
 
-                    write_replication_figure(staging / "plots" / "replicated_pairs.png", generated, training, features)
+                    write_replication_figure(
+                        staging / PLOTS_DIR / "replicated_pairs.png", generated, training, features
+                    )
                 report["timings"]["plots_s"] = time.perf_counter() - tic
-            write_bytes_atomic(staging / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
-            write_json_atomic(staging / "metrics.json", report)
-        swap_in(staging, run_path, REPORT_FILES, last="metrics.json")
+            write_bytes_atomic(staging / SAMPLES_NAME, lambda h: np.savez_compressed(h, samples=generated.numpy()))
+            RunFolder(staging).write_metrics(report)
+        swap_in(staging, run_path, REPORT_FILES, last=METRICS_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -634,7 +639,7 @@ def write_evaluation_plots(
         save_figure,
     )
 
-    plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
+    plots = Path(plots_dir) if plots_dir is not None else RunFolder(run_dir).plots
     written = []
     # A PCA fitted on M training samples has M - 1 components: with fewer than 3, the scatter's two axes are fitted
     # on training and generated samples together.
@@ -660,9 +665,8 @@ def write_evaluation_plots(
         written.append(
             save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / "signal_overlay.png")
         )
-    history = run_dir / "loss_history.jsonl"
-    if history.is_file():
-        records = read_jsonl(history)  # tolerates a partial last line
+    if RunFolder(run_dir).loss_history.is_file():
+        records = RunFolder(run_dir).read_loss_history()  # tolerates a partial last line
         if records:
             written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
     return written
