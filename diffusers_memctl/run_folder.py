@@ -56,14 +56,17 @@ __all__ = [
     "ANALYSIS_NAME",
     "BUDGET_STATE_DIR",
     "CARD_NAME",
+    "CELLS_DIR",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_PREFIX",
     "EMA_STATE_NAME",
+    "FIGURES_DIR",
     "FRONTIER_ROWS_NAME",
     "GRADIENT_PROFILES_NAME",
     "GRADIENT_PROFILE_NAME",
     "LOCK_NAME",
     "LOGS_DIR",
+    "LOSS_HISTORIES_DIR",
     "LOSS_HISTORY_NAME",
     "METRICS_HISTORY_NAME",
     "METRICS_NAME",
@@ -71,6 +74,7 @@ __all__ = [
     "MODEL_INDEX_NAME",
     "MODEL_WEIGHTS_NAME",
     "PLOTS_DIR",
+    "PRETRAINED_DIR",
     "REPORT_NAME",
     "RUN_ID_KEY",
     "SAMPLER_STATE_NAME",
@@ -174,7 +178,12 @@ SAMPLER_STATE_NAME = "sampler_state.safetensors"
 #: The gradient profile of a run (``memctl-diagnose``) and the table of those of a sweep.
 GRADIENT_PROFILE_NAME = "gradient_profile.json"
 GRADIENT_PROFILES_NAME = "gradient_profiles.csv"
-#: Sweep and study folders: their settings, result tables, analyses and reports.
+#: Sweep and study folders: their runs (``cells/<name>``, ``pretrained/``), settings, result tables, analyses,
+#: figures and reports; an exported sweep holds its runs' loss histories in ``loss_histories/``.
+CELLS_DIR = "cells"
+PRETRAINED_DIR = "pretrained"
+FIGURES_DIR = "figures"
+LOSS_HISTORIES_DIR = "loss_histories"
 SWEEP_CONFIG_NAME = "sweep_config.json"
 SWEEP_RESULTS_NAME = "sweep_results.csv"
 STUDY_RESULTS_NAME = "study_results.csv"
