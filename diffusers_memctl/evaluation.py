@@ -22,9 +22,15 @@ import torch
 from .eval_history import BUDGET_KEY, sync_final_row
 from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
 from .run_folder import (
+    LOSS_HISTORY_PLOT,
     METRICS_NAME,
+    NEAREST_NEIGHBORS_PLOT,
+    NN_DISTANCES_PLOT,
+    PCA_SCATTER_PLOT,
     PLOTS_DIR,
+    REPLICATED_PAIRS_PLOT,
     SAMPLES_NAME,
+    SIGNAL_OVERLAY_PLOT,
     UNET_DIR,
     RunFolder,
     check_run_ids,
@@ -51,12 +57,12 @@ __all__ = [
 METRICS_SCHEMA_VERSION = 1
 #: Plots an evaluation writes into ``plots/`` (training's preview grids there are not part of the report).
 EVALUATION_PLOT_NAMES = (
-    "pca_scatter.png",
-    "nn_distances.png",
-    "nearest_neighbors.png",
-    "signal_overlay.png",
-    "loss_history.png",
-    "replicated_pairs.png",
+    PCA_SCATTER_PLOT,
+    NN_DISTANCES_PLOT,
+    NEAREST_NEIGHBORS_PLOT,
+    SIGNAL_OVERLAY_PLOT,
+    LOSS_HISTORY_PLOT,
+    REPLICATED_PAIRS_PLOT,
 )
 
 logger = logging.getLogger(__name__)
@@ -605,7 +611,7 @@ def _publish_report(
                     from .features import write_replication_figure
 
                     write_replication_figure(
-                        staging / PLOTS_DIR / "replicated_pairs.png", generated, training, features
+                        staging / PLOTS_DIR / REPLICATED_PAIRS_PLOT, generated, training, features
                     )
                 report["timings"]["plots_s"] = time.perf_counter() - tic
             write_bytes_atomic(staging / SAMPLES_NAME, lambda h: np.savez_compressed(h, samples=generated.numpy()))
@@ -645,12 +651,12 @@ def write_evaluation_plots(
     # on training and generated samples together.
     scatter_fit_on = pca_fit_on if training.shape[0] >= 3 else "both"
     gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=scatter_fit_on)
-    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))
+    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / PCA_SCATTER_PLOT))
     distances, indices = nearest_neighbors(generated, training, k=2)
     distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
     ratio = distances[:, 0] / np.maximum(distances[:, 1], 1e-300)
     figure = plot_nn_distance_histogram(distances[:, 0], memorization_ratio=ratio, threshold=memorization_threshold)
-    written.append(save_figure(figure, plots / "nn_distances.png"))
+    written.append(save_figure(figure, plots / NN_DISTANCES_PLOT))
     if modality == "image":
         nearest = training[indices[:16, 0]].numpy()
         figure = plot_image_nn_grid(
@@ -660,13 +666,13 @@ def write_evaluation_plots(
             ratios=ratio,
             threshold=memorization_threshold,
         )
-        written.append(save_figure(figure, plots / "nearest_neighbors.png"))
+        written.append(save_figure(figure, plots / NEAREST_NEIGHBORS_PLOT))
     else:
         written.append(
-            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / "signal_overlay.png")
+            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / SIGNAL_OVERLAY_PLOT)
         )
     if RunFolder(run_dir).loss_history.is_file():
         records = RunFolder(run_dir).read_loss_history()  # tolerates a partial last line
         if records:
-            written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
+            written.append(save_figure(plot_loss_history(records), plots / LOSS_HISTORY_PLOT))
     return written

@@ -62,25 +62,33 @@ __all__ = [
     "EMA_STATE_NAME",
     "FIGURES_DIR",
     "FRONTIER_ROWS_NAME",
+    "GRADIENT_CONTRIBUTION_PLOT",
     "GRADIENT_PROFILES_NAME",
     "GRADIENT_PROFILE_NAME",
+    "GRADIENT_PROFILE_PLOT",
     "LOCK_NAME",
     "LOGS_DIR",
     "LOSS_HISTORIES_DIR",
     "LOSS_HISTORY_NAME",
+    "LOSS_HISTORY_PLOT",
     "METRICS_HISTORY_NAME",
     "METRICS_NAME",
     "MODEL_CONFIG_NAME",
     "MODEL_INDEX_NAME",
     "MODEL_WEIGHTS_NAME",
+    "NEAREST_NEIGHBORS_PLOT",
+    "NN_DISTANCES_PLOT",
+    "PCA_SCATTER_PLOT",
     "PLOTS_DIR",
     "PRETRAINED_DIR",
+    "REPLICATED_PAIRS_PLOT",
     "REPORT_NAME",
     "RUN_ID_KEY",
     "SAMPLER_STATE_NAME",
     "SAMPLES_NAME",
     "SCHEDULER_CONFIG_NAME",
     "SCHEDULER_DIR",
+    "SIGNAL_OVERLAY_PLOT",
     "STUDY_RESULTS_NAME",
     "STUDY_SETTINGS_NAME",
     "SWEEP_CONFIG_NAME",
@@ -164,6 +172,16 @@ MODEL_WEIGHTS_NAME = SAFETENSORS_WEIGHTS_NAME
 SCHEDULER_CONFIG_NAME = DIFFUSERS_SCHEDULER_CONFIG_NAME
 #: Figures of the run and of its evaluation.
 PLOTS_DIR = "plots"
+#: Figures of an evaluation in ``plots/`` (training's preview grids ``samples_epoch_<N>.png`` are not part of it).
+PCA_SCATTER_PLOT = "pca_scatter.png"
+NN_DISTANCES_PLOT = "nn_distances.png"
+NEAREST_NEIGHBORS_PLOT = "nearest_neighbors.png"
+SIGNAL_OVERLAY_PLOT = "signal_overlay.png"
+LOSS_HISTORY_PLOT = "loss_history.png"
+REPLICATED_PAIRS_PLOT = "replicated_pairs.png"
+#: Figures of a gradient profile in ``plots/``.
+GRADIENT_PROFILE_PLOT = "gradient_profile.png"
+GRADIENT_CONTRIBUTION_PLOT = "gradient_contribution.png"
 #: The trackers' folder (``--logging_dir``'s default, relative to the run folder).
 LOGS_DIR = "logs"
 #: ``checkpoints/checkpoint-<step>``: the resumable states.
