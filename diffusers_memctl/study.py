@@ -28,7 +28,7 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
 from .frontier import add_matched_quality_to_study
-from .run_folder import run_lock, write_json_atomic
+from .run_folder import STUDY_RESULTS_NAME, STUDY_SETTINGS_NAME, run_lock, write_json_atomic
 from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
 __all__ = [
@@ -44,8 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-STUDY_RESULTS_NAME = "study_results.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +186,7 @@ def export_study_results(study_dir: str | Path, dest: str | Path) -> dict[str, A
     for row in rows:
         row["run_dir"] = Path(row["run_dir"]).resolve().relative_to(study_dir).as_posix()
     Path(dest).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(dest) / "study_settings.json", study_settings(study_dir))
+    write_json_atomic(Path(dest) / STUDY_SETTINGS_NAME, study_settings(study_dir))
     return write_study_analysis(Path(dest), rows)
 
 
