@@ -658,7 +658,8 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
         `list[dict]`: One record per complete line.
 
     Raises:
-        `ValueError`: A line other than an unterminated last one is not JSON.
+        `ValueError`: A line other than an unterminated last one is not JSON, or holds no JSON object (the message
+            names the file and the line as ``path:N``).
     """
     path = Path(path)
     if not path.is_file():
@@ -670,9 +671,15 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as error:
-                raise ValueError(f"{path} line {number} is not JSON ({error}); the file is corrupt") from None
+                text = line.strip()[:80].decode("utf-8", "replace")
+                raise ValueError(
+                    f"{path}:{number} is not valid JSON: {text!r} ({error}); the file is corrupt"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number} must hold a JSON object; got {record!r}")
+            records.append(record)
     if tail.strip():
         try:
             records.append(json.loads(tail))
