@@ -1191,6 +1191,13 @@ class RunFolder:
 
 
 def _read_json_file(path: Path, *, missing_ok: bool) -> dict[str, Any]:
+    """A JSON object from `path` (``{}`` for a missing file with `missing_ok`); a bad file raises naming it."""
     if missing_ok and not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
