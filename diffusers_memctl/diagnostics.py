@@ -53,6 +53,7 @@ from .run_folder import (
     PLOTS_DIR,
     UNET_DIR,
     RunFolder,
+    read_json,
     read_run_args,
     write_csv_atomic,
     write_text_atomic,
@@ -419,7 +420,7 @@ class GradientProfile:
             path = path / GRADIENT_PROFILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no gradient profile at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the nu
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -133,7 +132,7 @@ def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.
         from diffusers import UNet2DModel
 
         unet = UNet2DModel.from_pretrained(run_dir / UNET_DIR)
-    scheduler_config = json.loads(RunFolder(run_dir).scheduler_config.read_text())
+    scheduler_config = RunFolder(run_dir).read_scheduler_config()
     return unet, scheduler_config
 
 

@@ -119,6 +119,7 @@ __all__ = [
     "partial_folder",
     "publishable_args",
     "publishable_path",
+    "read_json",
     "read_jsonl",
     "read_run_args",
     "recover_interrupted_swaps",
@@ -1124,6 +1125,10 @@ class RunFolder:
         """
         return _read_json_file(self.training_config, missing_ok=missing_ok)
 
+    def read_scheduler_config(self) -> dict[str, Any]:
+        """The saved pipeline's ``scheduler/scheduler_config.json`` (diffusers' settings and ours)."""
+        return _read_json_file(self.scheduler_config, missing_ok=False)
+
     def write_training_config(self, config: dict[str, Any]) -> Path:
         """Write ``training_config.json`` atomically."""
         return write_json_atomic(self.training_config, config)
@@ -1188,6 +1193,20 @@ class RunFolder:
     def try_lock(self) -> contextlib.AbstractContextManager[bool]:
         """The folder's lock if free ([`try_run_lock`]: yields whether it was taken)."""
         return try_run_lock(self.path)
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON object from a file of a run, sweep or study folder (``sweep_config.json``, ``gradient_profile.json``, ...).
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        missing_ok (`bool`, defaults to `False`): Return ``{}`` for a missing file instead of raising.
+
+    Raises:
+        `FileNotFoundError`: The file is missing (and `missing_ok` is `False`).
+        `ValueError`: The file is not JSON, or holds no JSON object (the message names the file).
+    """
+    return _read_json_file(Path(path), missing_ok=missing_ok)
 
 
 def _read_json_file(path: Path, *, missing_ok: bool) -> dict[str, Any]:

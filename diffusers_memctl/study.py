@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
 from .frontier import add_matched_quality_to_study
-from .run_folder import STUDY_RESULTS_NAME, STUDY_SETTINGS_NAME, run_lock, write_json_atomic
+from .run_folder import STUDY_RESULTS_NAME, STUDY_SETTINGS_NAME, read_json, run_lock, write_json_atomic
 from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
 __all__ = [
@@ -200,7 +199,7 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
     differences: set[str] = set()
     groups = []
     for group_dir in sorted(p for p in Path(study_dir).glob("n*-p*") if (p / SWEEP_CONFIG_NAME).is_file()):
-        config = json.loads((group_dir / SWEEP_CONFIG_NAME).read_text())
+        config = read_json(group_dir / SWEEP_CONFIG_NAME)
         training = config.get("training", {})
         groups.append(
             {

@@ -53,6 +53,7 @@ from .run_folder import (
     latest_checkpoint,
     publishable_args,
     publishable_path,
+    read_json,
     resolve_published_args,
     run_lock,
     try_run_lock,
@@ -274,7 +275,7 @@ def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[st
 def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
     path = sweep_dir / SWEEP_CONFIG_NAME
     if path.is_file():
-        stored = json.loads(path.read_text())
+        stored = read_json(path)
         diffs = sorted(
             f"{group}.{key}: {stored.get(group, {}).get(key)!r} -> {value!r}"
             for group, values in settings.items()
