@@ -660,7 +660,7 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
 
     Raises:
         `ValueError`: A line other than an unterminated last one is not JSON, or holds no JSON object (the message
-            names the file and the line as ``path:N``).
+            names the file and the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -676,10 +676,10 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
             except ValueError as error:
                 text = line.strip()[:80].decode("utf-8", "replace")
                 raise ValueError(
-                    f"{path}:{number} is not valid JSON: {text!r} ({error}); the file is corrupt"
+                    f"{path} line {number} is not JSON ({error}); the file is corrupt ({path.name}:{number}: {text!r})"
                 ) from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number} must hold a JSON object; got {record!r}")
+                raise ValueError(f"{path} line {number} must hold a JSON object ({path.name}:{number}: {record!r})")
             records.append(record)
     if tail.strip():
         try:

@@ -623,7 +623,7 @@ def test_1_a_partial_last_line_of_the_loss_history_never_blocks_resume(tmp_path,
     """The finding: a full disk while appending left `{"step": 3, "epo`; resume failed with `Expecting ','`."""
     import builtins
 
-    import diffusers_memctl.training as training
+    import diffusers_memctl.run_folder as run_folder
 
     def open_until_step_5(path, mode="r", *args, **kwargs):
         handle = builtins.open(path, mode, *args, **kwargs)
@@ -632,7 +632,8 @@ def test_1_a_partial_last_line_of_the_loss_history_never_blocks_resume(tmp_path,
         return handle
 
     run = tmp_path / "run"
-    monkeypatch.setattr(training, "open", open_until_step_5, raising=False)
+    # The loss history is appended by run_folder (RunFolder.append_loss_record).
+    monkeypatch.setattr(run_folder, "open", open_until_step_5, raising=False)
     with pytest.raises(DiskFullError, match="loss history"):
         main(_argv(run, steps=6))
     monkeypatch.undo()

@@ -213,7 +213,7 @@ def test_loss_history_tolerates_a_partial_last_line(tiny_run, tmp_path):
     copy.append_loss_record({"step": 5, "loss": 0.5})
     assert [r["step"] for r in copy.read_loss_history()] == [1, 2, 3, 4, 5]
     copy.loss_history.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=":2 is not valid JSON"):
+    with pytest.raises(ValueError, match="loss_history.jsonl line 2 is not JSON"):
         copy.read_loss_history()
 
 
