@@ -680,7 +680,8 @@ def test_3_a_killed_overwrite_never_leaves_a_folder_mixing_two_runs(finished_run
     shutil.copytree(run / "unet", old_unet)
     argv = _argv(run, "--overwrite_output_dir", "--seed", "1")
     call = "from diffusers_memctl.cli.train import main; main(sys.argv[1:])"
-    _run_killed_after(tmp_path, "diffusers_memctl.training", "write_json_atomic", "training_config.json", call, argv)
+    # The config is written by run_folder (RunFolder.write_training_config -> write_json_atomic).
+    _run_killed_after(tmp_path, "diffusers_memctl.run_folder", "write_json_atomic", "training_config.json", call, argv)
     config = json.loads((run / "training_config.json").read_text())
     assert config["args"]["seed"] == 1  # killed with the new run's config in place ...
     left = {p.name for p in run.iterdir()} - {LOCK_NAME, "training_config.json"}
