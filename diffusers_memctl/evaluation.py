@@ -9,7 +9,6 @@ Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the nu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -37,16 +36,25 @@ from .metrics import (
 )
 from .models.unet_1d_memctl import UNet1DMemCtlModel
 from .run_folder import (
+    LOSS_HISTORY_PLOT,
+    METRICS_NAME,
+    NEAREST_NEIGHBORS_PLOT,
+    NN_DISTANCES_PLOT,
+    PCA_SCATTER_PLOT,
+    PLOTS_DIR,
+    REPLICATED_PAIRS_PLOT,
+    SAMPLES_NAME,
+    SIGNAL_OVERLAY_PLOT,
+    UNET_DIR,
+    RunFolder,
     check_run_ids,
     disk_full_guard,
-    read_jsonl,
     recover_interrupted_swaps,
     resolve_published_args,
     run_lock,
     staging_folder,
     swap_in,
     write_bytes_atomic,
-    write_json_atomic,
 )
 
 __all__ = [
@@ -64,12 +72,12 @@ __all__ = [
 METRICS_SCHEMA_VERSION = 1
 #: Plots an evaluation writes into ``plots/`` (training's preview grids there are not part of the report).
 EVALUATION_PLOT_NAMES = (
-    "pca_scatter.png",
-    "nn_distances.png",
-    "nearest_neighbors.png",
-    "signal_overlay.png",
-    "loss_history.png",
-    "replicated_pairs.png",
+    PCA_SCATTER_PLOT,
+    NN_DISTANCES_PLOT,
+    NEAREST_NEIGHBORS_PLOT,
+    SIGNAL_OVERLAY_PLOT,
+    LOSS_HISTORY_PLOT,
+    REPLICATED_PAIRS_PLOT,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,10 +85,10 @@ logger = logging.getLogger(__name__)
 
 def read_training_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``training_config.json`` of a run folder (clear error when it is not a run)."""
-    path = Path(run_dir) / "training_config.json"
+    path = RunFolder(run_dir).training_config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a diffusers-memctl run: {path.name} is missing")
-    config = json.loads(path.read_text())
+    config = RunFolder(run_dir).read_training_config()
     if "args" not in config or "modality" not in config:
         raise ValueError(f"{path} is not a training config of diffusers-memctl (keys 'args' and 'modality' missing)")
     return config
@@ -112,16 +120,16 @@ _resolve_run_dir = resolve_run_dir
 def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.nn.Module, Any]:
     """The denoiser and the scheduler config of a saved run (``model_index.json`` + ``unet/`` + ``scheduler/``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model_index.json").is_file() or not (run_dir / "unet").is_dir():
+    if not RunFolder(run_dir).has_pipeline:
         raise FileNotFoundError(
             f"{run_dir} holds no saved model (model_index.json and unet/ are missing); train it first or point at the "
             "run's output_dir"
         )
     if modality == "signal":
-        unet = UNet1DMemCtlModel.from_pretrained(run_dir / "unet")
+        unet = UNet1DMemCtlModel.from_pretrained(run_dir / UNET_DIR)
     else:
-        unet = UNet2DModel.from_pretrained(run_dir / "unet")
-    scheduler_config = json.loads((run_dir / "scheduler" / "scheduler_config.json").read_text())
+        unet = UNet2DModel.from_pretrained(run_dir / UNET_DIR)
+    scheduler_config = RunFolder(run_dir).read_scheduler_config()
     return unet, scheduler_config
 
 
@@ -263,7 +271,7 @@ def evaluate_run(
         # A report whose swap a kill interrupted is completed first: its metrics.json is never lost.
         recover_interrupted_swaps(run_path)
         # Old weights beside a new config (an interrupted --overwrite_output_dir) must not be measured as the new run.
-        run_id = check_run_ids(run_path, ("unet",), action="evaluate")
+        run_id = check_run_ids(run_path, (UNET_DIR,), action="evaluate")
         loaded = _load(run_path, settings, device, training_data)
         generated = _generate(loaded, settings, progress)
         measured = _measure(loaded, generated.samples, settings)
@@ -580,7 +588,7 @@ def evaluate_model(
 
 
 #: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.
-REPORT_FILES = ("samples.npz", *(f"plots/{name}" for name in EVALUATION_PLOT_NAMES), "metrics.json")
+REPORT_FILES = (SAMPLES_NAME, *(f"{PLOTS_DIR}/{name}" for name in EVALUATION_PLOT_NAMES), METRICS_NAME)
 
 
 def _publish_report(
@@ -606,15 +614,15 @@ def _publish_report(
                     settings.pca_components,
                     settings.pca_fit_on,
                     settings.memorization_threshold,
-                    plots_dir=staging / "plots",
+                    plots_dir=staging / PLOTS_DIR,
                 )
                 if features is not None:
-                    plot_path = staging / "plots" / "replicated_pairs.png"
+                    plot_path = staging / PLOTS_DIR / REPLICATED_PAIRS_PLOT
                     write_replication_figure(plot_path, generated, loaded.training, features)
                 report["timings"]["plots_s"] = time.perf_counter() - tic
-            write_bytes_atomic(staging / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
-            write_json_atomic(staging / "metrics.json", report)
-        swap_in(staging, run_path, REPORT_FILES, last="metrics.json")
+            write_bytes_atomic(staging / SAMPLES_NAME, lambda h: np.savez_compressed(h, samples=generated.numpy()))
+            RunFolder(staging).write_metrics(report)
+        swap_in(staging, run_path, REPORT_FILES, last=METRICS_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -643,18 +651,18 @@ def write_evaluation_plots(
         save_figure,
     )
 
-    plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
+    plots = Path(plots_dir) if plots_dir is not None else RunFolder(run_dir).plots
     written = []
     # A PCA fitted on M training samples has M - 1 components: with fewer than 3, the scatter's two axes are fitted
     # on training and generated samples together.
     scatter_fit_on = pca_fit_on if training.shape[0] >= 3 else "both"
     gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=scatter_fit_on)
-    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))
+    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / PCA_SCATTER_PLOT))
     distances, indices = nearest_neighbors(generated, training, k=2)
     distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
     ratio = distances[:, 0] / np.maximum(distances[:, 1], 1e-300)
     figure = plot_nn_distance_histogram(distances[:, 0], memorization_ratio=ratio, threshold=memorization_threshold)
-    written.append(save_figure(figure, plots / "nn_distances.png"))
+    written.append(save_figure(figure, plots / NN_DISTANCES_PLOT))
     if modality == "image":
         nearest = training[indices[:16, 0]].numpy()
         figure = plot_image_nn_grid(
@@ -664,14 +672,13 @@ def write_evaluation_plots(
             ratios=ratio,
             threshold=memorization_threshold,
         )
-        written.append(save_figure(figure, plots / "nearest_neighbors.png"))
+        written.append(save_figure(figure, plots / NEAREST_NEIGHBORS_PLOT))
     else:
         written.append(
-            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / "signal_overlay.png")
+            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / SIGNAL_OVERLAY_PLOT)
         )
-    history = run_dir / "loss_history.jsonl"
-    if history.is_file():
-        records = read_jsonl(history)  # tolerates a partial last line
+    if RunFolder(run_dir).loss_history.is_file():
+        records = RunFolder(run_dir).read_loss_history()  # tolerates a partial last line
         if records:
-            written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
+            written.append(save_figure(plot_loss_history(records), plots / LOSS_HISTORY_PLOT))
     return written

@@ -18,7 +18,7 @@ from .data import load_training_data
 from .distributed import check_launch, process_state
 from .evaluation import evaluate_run
 from .features import check_feature_extractor
-from .run_folder import launch_lock
+from .run_folder import RunFolder, launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
 
@@ -118,11 +118,11 @@ def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any
     # The same command again resumes the finished run: it redoes only the missing evaluation, card and push.
     again = f"the same command with --resume_from_checkpoint latest (the run folder {output_dir} is complete)"
     report = None
-    evaluated = (output_dir / "metrics.json").is_file()
+    evaluated = RunFolder(output_dir).is_evaluated
     if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
         with _after_training("evaluation", output_dir, f"memctl-evaluate {output_dir}"):
             report = evaluate_options(options, progress=progress, training_data=data)
-    if result.already_finished and evaluated and (output_dir / "README.md").is_file():
+    if result.already_finished and evaluated and RunFolder(output_dir).has_card:
         if options.hub.push_to_hub:
             # A finished run (e.g. after a push that failed offline) is pushed as it is: nothing is trained again.
             logger.info("%s holds a finished, evaluated run: pushing it as it is", output_dir)
