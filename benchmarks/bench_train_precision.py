@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup_steps", type=int, default=10, help="Steps left out of the steady-state figure.")
     parser.add_argument("--repeats", type=int, default=2, help="float32/bf16 pairs per batch size (alternating).")
     args = parser.parse_args(argv)
-    print(f"torch threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {os.getloadavg()}")
+    print(
+        f"torch threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {os.getloadavg()}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_train_precision_") as scratch:
         for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
             ratios = []
