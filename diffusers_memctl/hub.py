@@ -35,16 +35,14 @@ from huggingface_hub.utils import validate_repo_id
 
 from .errors import HubPushError
 from .reports.cards import find_sweep_cells, write_model_card, write_sweep_card
-from .run_folder import check_run_ids
+from .run_folder import (
+    CARD_NAME,
+    RunFolder,
+    check_run_ids,
+)
 from .uploads import PICKLE_SUFFIXES, SECRET_ARG, root_report_files, walk_uploadable, warn_refused
 
-__all__ = [
-    "HubPushError",
-    "PICKLE_SUFFIXES",
-    "plan_hub_commit",
-    "push_sweep_to_hub",
-    "push_to_hub",
-]
+__all__ = ["HubPushError", "PICKLE_SUFFIXES", "plan_hub_commit", "push_sweep_to_hub", "push_to_hub"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +239,8 @@ def push_to_hub(
     _check_repo_id(repo_id)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder to push {folder} does not exist or is not a directory")
-    if not (folder / "README.md").is_file():
-        if (folder / "training_config.json").is_file():
+    if not RunFolder(folder).has_card:
+        if RunFolder(folder).has_training_config:
             write_model_card(folder, repo_id=repo_id, subfolder=path_in_repo.strip("/") or None)
         else:
             logger.warning("no README.md and no training_config.json in %s: pushing without a model card", folder)
@@ -308,11 +306,11 @@ def push_sweep_to_hub(
     operations: list[CommitOperationAdd] = []
     for cell in cells:
         subfolder = cell.relative_to(sweep_dir).as_posix()
-        if not (cell / "README.md").is_file() and (cell / "training_config.json").is_file():
+        if not RunFolder(cell).has_card and RunFolder(cell).has_training_config:
             write_model_card(cell, repo_id=repo_id, subfolder=subfolder)
         check_run_ids(cell, action="push")
         operations += plan_hub_commit(cell, path_in_repo=subfolder, include_checkpoints=include_checkpoints)
-    if not (sweep_dir / "README.md").is_file():
+    if not (sweep_dir / CARD_NAME).is_file():
         write_sweep_card(sweep_dir, repo_id=repo_id)
     operations += _plan_root_report(sweep_dir, cells)
     operations.sort(key=lambda op: op.path_in_repo)

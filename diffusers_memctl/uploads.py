@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path, PurePosixPath
 
 from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
+from .run_folder import CHECKPOINTS_DIR, LOGS_DIR, MODEL_INDEX_NAME
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -37,7 +38,7 @@ UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", 
 UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
 
 
-EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
+EXCLUDED_DIRS = frozenset({LOGS_DIR, "tensorboard", "wandb", "__pycache__"})
 
 
 SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
@@ -48,7 +49,7 @@ def is_remote_code(path: Path) -> bool:
     for relative in UPLOAD_CODE:
         depth = len(PurePosixPath(relative).parts)
         pipeline_root = path.parents[depth - 1]
-        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / "model_index.json").is_file():
+        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / MODEL_INDEX_NAME).is_file():
             return True
     return False
 
@@ -66,7 +67,7 @@ def walk_uploadable(
             for d in dirnames
             if not d.startswith(".")
             and d not in EXCLUDED_DIRS
-            and (include_checkpoints or d != "checkpoints")
+            and (include_checkpoints or d != CHECKPOINTS_DIR)
             and here / d not in skip_dirs
         )
         for name in sorted(filenames):

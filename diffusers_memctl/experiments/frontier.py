@@ -25,13 +25,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from ..reports.figures import save_figure
 from ..reports.frontier import matched_quality_answer, plot_frontier, render_frontier_report
-from ..run_folder import write_json_atomic, write_text_atomic
+from ..run_folder import (
+    ANALYSIS_NAME,
+    CELLS_DIR,
+    FIGURES_DIR,
+    FRONTIER_ROWS_NAME,
+    PRETRAINED_DIR,
+    REPORT_NAME,
+    RunFolder,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .statistics.frontier import COPIES, QUALITY, UNIFORM_ARMS, analyze_frontier
 
 __all__ = [
@@ -47,7 +56,6 @@ __all__ = [
     "write_frontier_rows",
 ]
 
-FRONTIER_ROWS_NAME = "frontier_rows.csv"
 ROW_FIELDS = (
     "dataset", "train_subset_size", "pretrain_seed", "arm", "step", "final", "learning_rate", "num_samples",
     COPIES, QUALITY, "nn_l2_mean", "nn_ratio_mean", "pca_frechet_distance", "eval_seconds",
@@ -59,21 +67,17 @@ ROW_FIELDS = (
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _history(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _rows_of_run(run_dir: Path, base: dict[str, Any], arm: str) -> list[dict[str, Any]]:
-    config = json.loads((run_dir / "training_config.json").read_text())
+    config = RunFolder(run_dir).read_training_config()
     lr = config["args"].get("learning_rate")
     rows = []
-    for record in _history(run_dir / "metrics_history.jsonl"):
+    for record in RunFolder(run_dir).read_metrics_history():
         rows.append({**base, "arm": arm, "learning_rate": lr, **{k: record.get(k) for k in ROW_FIELDS if k in record}})
     return rows
 
 
 def _dataset_name(run_dir: Path) -> str:
-    args = json.loads((run_dir / "training_config.json").read_text())["args"]
+    args = RunFolder(run_dir).read_training_config()["args"]
     return str(args.get("dataset_name") or Path(str(args.get("train_data_dir") or "data")).name)
 
 
@@ -86,15 +90,16 @@ def collect_frontier_rows(study_dir: str | Path, dataset: str | None = None) -> 
     rows = []
     for group in sorted(p for p in Path(study_dir).glob("n*-p*") if p.is_dir()):
         size, seed = group.name[1:].split("-p")
-        if dataset is None and (group / "pretrained" / "training_config.json").is_file():
-            dataset = _dataset_name(group / "pretrained")
+        pretrained = RunFolder(group / PRETRAINED_DIR)
+        if dataset is None and pretrained.has_training_config:
+            dataset = _dataset_name(pretrained.path)
         base = {"dataset": dataset or "data", "train_subset_size": int(size), "pretrain_seed": int(seed)}
-        if (group / "pretrained" / "train_complete.json").is_file():
-            rows += _rows_of_run(group / "pretrained", base, "pretraining")
-        for run_dir in sorted((group / "cells").glob("*-seed*")):
-            if not (run_dir / "metrics.json").is_file():
+        if pretrained.is_trained:
+            rows += _rows_of_run(pretrained.path, base, "pretraining")
+        for run_dir in sorted((group / CELLS_DIR).glob("*-seed*")):
+            if not RunFolder(run_dir).is_evaluated:
                 continue  # unfinished: its history may still grow
-            arm = json.loads((run_dir / "training_config.json").read_text())["args"].get("method_name")
+            arm = RunFolder(run_dir).read_training_config()["args"].get("method_name")
             rows += _rows_of_run(run_dir, base, arm or run_dir.name.rsplit("-seed", 1)[0])
     return rows
 
@@ -142,13 +147,15 @@ def write_frontier_report(folder: str | Path, rows: list[dict[str, Any]], *, mak
     """``analysis.json``, ``REPORT.md`` and ``figures/frontier_<dataset>.png`` of `rows` into `folder`."""
     folder = Path(folder)
     analysis = analyze_frontier(rows)
-    write_json_atomic(folder / "analysis.json", analysis)
+    write_json_atomic(folder / ANALYSIS_NAME, analysis)
     figures = []
     if make_plots:
         for dataset in sorted({r["dataset"] for r in rows}):
-            path = save_figure(plot_frontier(rows, analysis, dataset), folder / "figures" / f"frontier_{dataset}.png")
+            path = save_figure(
+                plot_frontier(rows, analysis, dataset), folder / FIGURES_DIR / f"frontier_{dataset}.png"
+            )
             figures.append(path.relative_to(folder).as_posix())
-    write_text_atomic(folder / "REPORT.md", render_frontier_report(analysis, figures))
+    write_text_atomic(folder / REPORT_NAME, render_frontier_report(analysis, figures))
     return {"analysis": analysis, "figures": figures, "rows": rows}
 
 
@@ -184,10 +191,10 @@ def add_matched_quality_to_study(study_dir: str | Path, *, make_plots: bool = Tr
         "",
         *[f"![copies vs held-out quality along training]({MATCHED_QUALITY_DIR}/{f})" for f in result["figures"]],
         "",
-        f"Details: [{MATCHED_QUALITY_DIR}/REPORT.md]({MATCHED_QUALITY_DIR}/REPORT.md).",
+        f"Details: [{MATCHED_QUALITY_DIR}/{REPORT_NAME}]({MATCHED_QUALITY_DIR}/{REPORT_NAME}).",
         "",
     ]
-    report = study_dir / "REPORT.md"
+    report = study_dir / REPORT_NAME
     if report.is_file():
         text = report.read_text()
         if ANSWER_END in text:  # rebuilt: replace the earlier answer, do not stack a second one

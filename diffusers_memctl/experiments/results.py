@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..run_folder import publishable_path
+from ..run_folder import publishable_path, write_csv_atomic
 
 __all__ = [
     "read_compact_history",
@@ -31,12 +31,7 @@ def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv_atomic(path, rows, columns)
 
 
 def read_results_csv(path: str | Path) -> list[dict[str, Any]]:

@@ -30,7 +30,15 @@ from ..args import SweepArguments, TrainingOptions
 from ..distributed import process_state
 from ..reports.markdown import write_study_report
 from ..reports.studies import write_study_figures
-from ..run_folder import run_lock, write_json_atomic
+from ..run_folder import (
+    ANALYSIS_NAME,
+    STUDY_RESULTS_NAME,
+    STUDY_SETTINGS_NAME,
+    read_json,
+    run_lock,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .frontier import add_matched_quality_to_study
 from .results import read_results_csv, write_results_csv
 from .statistics.analysis import finite_or_none, json_safe
@@ -53,8 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-STUDY_RESULTS_NAME = "study_results.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +201,7 @@ def export_study_results(study_dir: str | Path, dest: str | Path) -> dict[str, A
     for row in rows:
         row["run_dir"] = Path(row["run_dir"]).resolve().relative_to(study_dir).as_posix()
     Path(dest).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(dest) / "study_settings.json", study_settings(study_dir))
+    write_json_atomic(Path(dest) / STUDY_SETTINGS_NAME, study_settings(study_dir))
     return write_study_analysis(Path(dest), rows)
 
 
@@ -209,7 +215,7 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
     differences: set[str] = set()
     groups = []
     for group_dir in sorted(p for p in Path(study_dir).glob("n*-p*") if (p / SWEEP_CONFIG_NAME).is_file()):
-        config = json.loads((group_dir / SWEEP_CONFIG_NAME).read_text())
+        config = read_json(group_dir / SWEEP_CONFIG_NAME)
         training = config.get("training", {})
         groups.append(
             {
@@ -238,11 +244,9 @@ def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, ma
         run_dir = Path(str(row.get("run_dir", "")))
         if run_dir.is_absolute() and out_dir.resolve() in run_dir.resolve().parents:
             row["run_dir"] = run_dir.resolve().relative_to(out_dir.resolve()).as_posix()
-    write_results_csv(out_dir / "study_results.csv", rows)
+    write_results_csv(out_dir / STUDY_RESULTS_NAME, rows)
     analysis = json_safe(study_analysis(rows))
-    tmp = out_dir / ".analysis.json.tmp"
-    tmp.write_text(json.dumps(analysis, indent=2))
-    tmp.replace(out_dir / "analysis.json")
+    write_text_atomic(out_dir / ANALYSIS_NAME, json.dumps(analysis, indent=2))
     figures = write_study_figures(out_dir, rows) if make_plots else {}
     write_study_report(out_dir, rows, analysis, figures)
     return {"rows": rows, "analysis": analysis, "figures": figures}
@@ -252,7 +256,7 @@ def report_from_study_csv(results_dir: str | Path) -> dict:
     """Rebuild ``analysis.json``, figures and ``REPORT.md`` from an exported ``study_results.csv``."""
 
     results_dir = Path(results_dir)
-    rows = read_results_csv(results_dir / "study_results.csv")
+    rows = read_results_csv(results_dir / STUDY_RESULTS_NAME)
     for row in rows:
         for key in ("train_subset_size", "pretrain_seed", "train_subset_seed"):
             if finite_or_none(row.get(key)) is not None:

@@ -23,7 +23,19 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
 from ..distributed import describe_extensions, describe_layout
-from ..run_folder import RUN_ID_KEY, check_run_ids, write_text_atomic
+from ..run_folder import (
+    CARD_NAME,
+    CHECKPOINTS_DIR,
+    METRICS_NAME,
+    MODEL_INDEX_NAME,
+    PLOTS_DIR,
+    RUN_ID_KEY,
+    TRAINING_CONFIG_NAME,
+    UNET_DIR,
+    RunFolder,
+    check_run_ids,
+    write_text_atomic,
+)
 from ..uploads import SECRET_ARG, root_report_files
 
 __all__ = [
@@ -103,16 +115,6 @@ def _looks_like_hub_id(value: Any) -> bool:
     except HFValidationError:
         return False
     return True
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _format_value(value: Any) -> str:
@@ -207,10 +209,10 @@ def _memctl_metadata(args: Mapping[str, Any], sampler: Mapping[str, Any]) -> dic
 
 
 def _plots(folder: Path) -> list[dict[str, str]]:
-    plot_dir = folder / "plots"
+    plot_dir = folder / PLOTS_DIR
     if not plot_dir.is_dir():
         return []
-    return [{"name": p.stem, "path": f"plots/{p.name}"} for p in sorted(plot_dir.glob("*.png"))]
+    return [{"name": p.stem, "path": f"{PLOTS_DIR}/{p.name}"} for p in sorted(plot_dir.glob("*.png"))]
 
 
 def render_model_card(
@@ -234,16 +236,16 @@ def render_model_card(
         `ModelCard`: The card (not written; see [`write_model_card`]).
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "training_config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no training_config.json in run folder {run_dir}; train a model there first")
-    config = _read_json(config_path)
+    folder = RunFolder(run_dir)
+    if not folder.has_training_config:
+        raise FileNotFoundError(f"no {TRAINING_CONFIG_NAME} in run folder {run_dir}; train a model there first")
+    config = folder.read_training_config()
     args = config.get("args") or {}
     sampler = config.get("sampler") or {}
     modality = config.get("modality", "image")
     if modality not in ("image", "signal"):
         raise ValueError(f"training_config.json modality must be 'image' or 'signal', got {modality!r}")
-    metrics_doc = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    metrics_doc = folder.read_metrics(missing_ok=True)
     metrics = dict(_flat_metrics(metrics_doc)) if metrics_doc else {}
 
     model_name = (repo_id.split("/")[-1] if repo_id else run_dir.resolve().name) + (
@@ -329,16 +331,6 @@ def render_model_card(
     )
 
 
-def _report_names(sweep_dir: Path, cells: list[Path]) -> list[str]:
-    """The repo paths of the sweep's root files a push uploads (as in the push's commit, sorted)."""
-    return sorted(path.relative_to(sweep_dir).as_posix() for path in root_report_files(sweep_dir, cells))
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename (honours the umask)."""
-    return write_text_atomic(path, text)
-
-
 def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
     """Render the model card of `run_dir` and write it to `run_dir/README.md` atomically (temp file + rename).
 
@@ -350,9 +342,9 @@ def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
         `Path`: The written `README.md`.
     """
     # The card shows the config's settings beside the metrics: both must be of one run.
-    check_run_ids(run_dir, ("unet", "metrics.json"), action="write the model card of")
+    check_run_ids(run_dir, (UNET_DIR, METRICS_NAME), action="write the model card of")
     card = render_model_card(run_dir, **kwargs)
-    return _write_atomic(Path(run_dir) / "README.md", str(card))
+    return _write_atomic(RunFolder(run_dir).card, str(card))
 
 
 def find_sweep_cells(sweep_dir: str | os.PathLike) -> list[Path]:
@@ -368,8 +360,8 @@ def find_sweep_cells(sweep_dir: str | os.PathLike) -> list[Path]:
     cells: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(sweep_dir):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if d != "checkpoints" and not d.startswith("."))
-        if here != sweep_dir and ({"model_index.json", "training_config.json"} & set(filenames)):
+        dirnames[:] = sorted(d for d in dirnames if d != CHECKPOINTS_DIR and not d.startswith("."))
+        if here != sweep_dir and ({MODEL_INDEX_NAME, TRAINING_CONFIG_NAME} & set(filenames)):
             cells.append(here)
             dirnames[:] = []  # a run folder's subfolders (unet/, scheduler/) are not cells
     return sorted(cells)
@@ -395,14 +387,14 @@ def render_sweep_card(
     rows, modality, datasets, licenses = [], "image", set(), set()
     metric_names: list[str] = []
     for cell in cells:
-        config = _read_json(cell / "training_config.json") if (cell / "training_config.json").is_file() else {}
+        config = RunFolder(cell).read_training_config(missing_ok=True)
         args, sampler = config.get("args") or {}, config.get("sampler") or {}
         modality = config.get("modality", modality)
         dataset_id = _dataset_identity(args, modality)[2]
         if dataset_id:
             datasets.add(dataset_id)
         licenses.add(args.get("license") or "apache-2.0")
-        metrics = dict(_flat_metrics(_read_json(cell / "metrics.json"))) if (cell / "metrics.json").is_file() else {}
+        metrics = dict(_flat_metrics(RunFolder(cell).read_metrics(missing_ok=True)))
         metric_names += [m for m in _MAIN_METRICS if m in metrics and m not in metric_names]
         rows.append((cell, args, sampler, metrics))
     table = [
@@ -446,7 +438,7 @@ def render_sweep_card(
         repo_source=json.dumps(repo_id or "<repo_id>"),
         pipeline_module=pipeline_module,
         pipeline_class=pipeline_class,
-        report_files=[name for name in _report_names(sweep_dir, cells) if name != "README.md"],
+        report_files=[name for name in _report_names(sweep_dir, cells) if name != CARD_NAME],
         plots=_plots(sweep_dir),
     )
 
@@ -462,4 +454,14 @@ def write_sweep_card(sweep_dir: str | os.PathLike, **kwargs: Any) -> Path:
         `Path`: The written `README.md`.
     """
     card = render_sweep_card(sweep_dir, **kwargs)
-    return _write_atomic(Path(sweep_dir) / "README.md", str(card))
+    return _write_atomic(Path(sweep_dir) / CARD_NAME, str(card))
+
+
+def _report_names(sweep_dir: Path, cells: list[Path]) -> list[str]:
+    """The repo paths of the sweep's root files a push uploads (as in the push's commit, sorted)."""
+    return sorted(path.relative_to(sweep_dir).as_posix() for path in root_report_files(sweep_dir, cells))
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename (honours the umask)."""
+    return write_text_atomic(path, text)

@@ -13,6 +13,7 @@ import numpy as np
 from ..experiments.methods import resolve_method
 from ..experiments.statistics.analysis import analyze_sweep, as_records, finite_or_none
 from ..experiments.statistics.studies import MEMORIZATION_METRICS, QUALITY_METRICS, study_sizes
+from ..run_folder import GRADIENT_PROFILES_NAME, NEAREST_NEIGHBORS_PLOT, PLOTS_DIR, REPORT_NAME, write_text_atomic
 from .sweeps import bin_loss_ratios
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def _gradient_profile_section(sweep_dir: Path) -> list[str]:
     """Where each run learns, when ``memctl-diagnose SWEEP_DIR`` has written ``gradient_profiles.csv`` there."""
     import csv
 
-    path = sweep_dir / "gradient_profiles.csv"
+    path = sweep_dir / GRADIENT_PROFILES_NAME
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
@@ -312,9 +313,7 @@ def write_sweep_report(
     lines += _gradient_profile_section(sweep_dir)
     lines += _sweep_cells_section(analysis, metrics)
 
-    path = sweep_dir / "REPORT.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text_atomic(sweep_dir / REPORT_NAME, "\n".join(lines))
 
 
 def _f(value: Any, spec: str = ".3g") -> str:
@@ -506,9 +505,7 @@ def write_study_report(
         lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += _correlation_section(analysis)
     lines += _mixed_model_section(analysis)
-    path = out_dir / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(out_dir / REPORT_NAME, "\n".join(lines) + "\n")
 
 
 def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -> list[str]:
@@ -524,7 +521,7 @@ def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -
         run = next((r for r in first if r.get("method") == method and r.get("pretrain_seed") == replicate), None)
         if run is None:
             continue
-        figure = Path(str(run["run_dir"])) / "plots" / "nearest_neighbors.png"
+        figure = Path(str(run["run_dir"])) / PLOTS_DIR / NEAREST_NEIGHBORS_PLOT
         if not figure.is_absolute():
             figure = out_dir / figure
         if figure.is_file():

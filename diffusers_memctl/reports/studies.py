@@ -15,6 +15,7 @@ from ..experiments.statistics.replicates import (
     t_interval,
 )
 from ..experiments.statistics.studies import present_metrics, size_references, study_methods, study_sizes
+from ..run_folder import FIGURES_DIR
 from .figures import new_figure, save_figure
 
 __all__ = [
@@ -132,7 +133,7 @@ def plot_metric_by_size(rows: Sequence[Mapping[str, Any]], metric: str):
 
 def write_study_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
 
-    figures_dir = out_dir / "figures"
+    figures_dir = out_dir / FIGURES_DIR
     figures: dict[str, Path] = {}
     figures["Copies vs held-out quality (Pareto)"] = save_figure(plot_pareto(rows), figures_dir / "pareto.png")
     if "nn_ratio_mean" in present_metrics(rows, ["nn_ratio_mean"]):

@@ -10,7 +10,6 @@ training loss by mean within each width (Fig. 7).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..experiments.statistics.analysis import (
     is_ci_row,
     pearson_with_ci,
 )
+from ..run_folder import FIGURES_DIR, RunFolder
 from ..timestep_sampling import ci_normal_timestep_probs
 from .figures import check_window, grid_shape, moving_average, new_figure, save_figure, tick_label, to_numpy
 
@@ -557,13 +557,8 @@ def write_sweep_figures(
     sweep_dir: Path, rows: list[dict], histories: dict, bin_losses: list[dict], num_train_timesteps: int | None
 ) -> dict[str, Path]:
 
-    out = sweep_dir / "figures"
-    T = (
-        num_train_timesteps
-        or json.loads((Path(rows[0]["run_dir"]) / "training_config.json").read_text())["sampler"][
-            "num_train_timesteps"
-        ]
-    )
+    out = sweep_dir / FIGURES_DIR
+    T = num_train_timesteps or RunFolder(rows[0]["run_dir"]).read_training_config()["sampler"]["num_train_timesteps"]
     ci_rows = [r for r in rows if r["timestep_sampling"] == "ci_normal"]
     figures: dict[str, Path] = {}
     if ci_rows:
