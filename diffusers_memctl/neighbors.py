@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from typing import Literal
@@ -363,7 +364,7 @@ class _PrunedIndex:
         row = self.alpha * norms - self.beta * errors.square() - self.gamma2 * self.alpha * norms
         queries_sq = _squared_norms(queries)
         work_queries = queries.to(self.work)
-        seeds = torch.topk(bound, width, dim=1, largest=False, sorted=False).indices
+        seeds = torch.topk(bound, width, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
         seed_rows = everything.repeat_interleave(width)
         seed_lo, seed_hi = self._intervals(work_queries, train, seed_rows, seeds.reshape(-1), queries_sq)
         # At least k seeds lie within their upper bounds: the k-th smallest caps the k-th distance (see class doc).
@@ -422,24 +423,39 @@ class _PrunedIndex:
         `||q||^2 + ||t||^2 - 2 q.t` adds `(D + 16) 2^-50 (||q||^2 + ||t||^2)`.
         """
         count, dim = rows.numel(), queries.shape[1]
-        dots = torch.empty(count, dtype=torch.float64, device=queries.device)
-        step = max(1, _GATHER_ELEMENTS // dim)
-        if count:
-            size = min(count, step)
-            left = torch.empty(size, dim, dtype=train.dtype, device=train.device)
-            right = torch.empty(size, dim, dtype=queries.dtype, device=queries.device)
-        for start in range(0, count, step):
-            r = min(step, count - start)
-            block = torch.index_select(train, 0, cols[start : start + r], out=left[:r])
-            block = block.to(self.work)
-            block.mul_(torch.index_select(queries, 0, rows[start : start + r], out=right[:r]))
-            dots[start : start + r] = block.sum(dim=1)
+        if train.dtype == queries.dtype:
+            dots = _sampled_dots(queries, train, rows, cols).to(torch.float64)
+        else:  # float32 data searched in float64: gathered rows converted block by block
+            dots = torch.empty(count, dtype=torch.float64, device=queries.device)
+            step = max(1, _GATHER_ELEMENTS // dim)
+            for start in range(0, count, step):
+                block = train[cols[start : start + step]].to(self.work)
+                dots[start : start + step] = block.mul_(queries[rows[start : start + step]]).sum(dim=1)
         cand_sq = self.train_sq[cols]
         q_sq = queries_sq[rows]
         sq = dots.mul_(-2.0).add_(q_sq).add_(cand_sq)
         err = (cand_sq.sqrt() * q_sq.sqrt()).mul_(2.0 * _gamma(dim, self.u))
         err.add_((cand_sq + q_sq).mul_((dim + 16) * 2.0**-50)).mul_(1.0 + 2.0**-20)
         return sq - err, sq.add_(err)
+
+
+def _sampled_dots(queries: torch.Tensor, train: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """`q_{rows[i]} . t_{cols[i]}` for pairs sorted by `rows`, as one sampled dense-dense product (SDDMM).
+
+    `torch.sparse.sampled_addmm` reads each needed training row once, straight from `train` (no gathered copy): about
+    ten times faster on CPU than gathering rows and multiplying. Each entry is a dot product of D terms in the inputs'
+    dtype, whatever the order of summation, so Higham's `gamma_D` bound holds.
+    """
+    n, m = queries.shape[0], train.shape[0]
+    counts = torch.bincount(rows, minlength=n)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    with warnings.catch_warnings():  # torch flags sparse CSR tensors as a beta feature, once per process
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            crow, cols, torch.zeros(cols.numel(), dtype=queries.dtype, device=queries.device), size=(n, m)
+        )
+        return torch.sparse.sampled_addmm(pattern, queries, train.T, beta=0.0).values()
 
 
 def _grouped_order(groups: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -465,12 +481,11 @@ def _exact_pair_distances(
     diff = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
     other = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
     gathered = torch.empty(size, dim, dtype=train.dtype, device=train.device)
-    gathered_q = torch.empty(size, dim, dtype=queries.dtype, device=queries.device)
+    queries64 = queries.to(torch.float64)  # converted once, not once per pair
     for start in range(0, count, step):
         r = min(step, count - start)
         diff[:r].copy_(torch.index_select(train, 0, cols[start : start + r], out=gathered[:r]))
-        other[:r].copy_(torch.index_select(queries, 0, rows[start : start + r], out=gathered_q[:r]))
-        diff[:r].sub_(other[:r])
+        diff[:r].sub_(torch.index_select(queries64, 0, rows[start : start + r], out=other[:r]))
         torch.linalg.vector_norm(diff[:r], dim=-1, out=out[start : start + r])
     return out
 
