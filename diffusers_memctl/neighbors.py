@@ -60,6 +60,7 @@ _PROJECTION_K_BLOCK = 1024
 _BOUND_CHUNK_ELEMENTS = 1 << 22
 _SEARCH_CHUNK_ELEMENTS = 1 << 25
 _GATHER_ELEMENTS = 1 << 23
+_EXACT_ELEMENTS = 1 << 21
 # t of the bound's error split (A - B)^2 >= (1 - t) A^2 - (1/t - 1) B^2.
 _SPLIT_T = 1.0 / 32.0
 # A chunk hands its remaining queries to brute force when the mean exact work per query exceeds M / 64 distances
@@ -319,12 +320,15 @@ class _PrunedIndex:
         chunk = chunk_size or max(1, min(n, _SEARCH_CHUNK_ELEMENTS // m))
         width = min(m, k + 2)  # samples with the smallest bounds whose distances set the threshold
         leftover: list[torch.Tensor] = []
+        # One bound buffer for every chunk: a fresh 128 MiB block per chunk would be page-faulted in each time.
+        buffer = torch.empty(min(n, chunk) * m, dtype=self.work, device=gen.device)
+        mask = torch.empty(min(n, chunk) * m, dtype=torch.bool, device=gen.device)
         start = 0
         while start < n:
             # A small first chunk probes whether pruning pays before most of the work is spent on it.
             stop = min(n, start + (min(chunk, _PROBE_ROWS) if adaptive and start == 0 else chunk))
             pays, fallback = self._search_chunk(
-                gen[start:stop], train, k, width, distances[start:stop], indices[start:stop], adaptive
+                gen[start:stop], train, k, width, distances[start:stop], indices[start:stop], adaptive, buffer, mask
             )
             if fallback.numel():
                 leftover.append(start + fallback)
@@ -348,6 +352,8 @@ class _PrunedIndex:
         distances: torch.Tensor,
         indices: torch.Tensor,
         adaptive: bool,
+        buffer: torch.Tensor,
+        mask: torch.Tensor,
     ) -> tuple[bool, torch.Tensor]:
         """Fills `distances`/`indices` of one chunk; returns (pruning paid, rows left to brute force).
 
@@ -360,7 +366,8 @@ class _PrunedIndex:
         coords, norms, errors = self._project(queries)
         if float(norms.max()) > 1e30 or self.largest_column > 1e30:  # float32 GEMM could overflow
             return False, everything
-        bound = torch.addmm(self.columns[None, :], coords, self.coords.T, beta=1.0, alpha=-2.0 * self.alpha)
+        bound = buffer[: n * m].view(n, m)
+        torch.addmm(self.columns[None, :], coords, self.coords.T, beta=1.0, alpha=-2.0 * self.alpha, out=bound)
         row = self.alpha * norms - self.beta * errors.square() - self.gamma2 * self.alpha * norms
         queries_sq = _squared_norms(queries)
         work_queries = queries.to(self.work)
@@ -375,17 +382,17 @@ class _PrunedIndex:
         limit_w = torch.where(
             limit_w.to(torch.float64) < limit, torch.nextafter(limit_w, limit_w.new_tensor(math.inf)), limit_w
         )
-        bound.scatter_(1, seeds, math.inf)
-        survive = bound.le_(limit_w[:, None])  # in place: the bound matrix becomes the survivor mask
-        counts = survive.sum(dim=1)
-        too_many = torch.zeros_like(counts, dtype=torch.bool)
-        if adaptive:
-            if float(counts.sum()) / n + width > m / _MAX_MEAN_SHARE:
-                return False, everything
-            too_many = counts > max(16, m // _MAX_ROW_SHARE)
-            survive[too_many] = 0  # those rows go to the brute force
+        survive = torch.le(bound, limit_w[:, None], out=mask[: n * m].view(n, m))
+        survive.scatter_(1, seeds, False)
+        too_many = torch.zeros(n, dtype=torch.bool, device=queries.device)
+        if adaptive and float(torch.count_nonzero(survive)) / n + width > m / _MAX_MEAN_SHARE:
+            return False, everything
         pair_rows, pair_cols = torch.nonzero(survive, as_tuple=True)
-        del bound, survive
+        if adaptive:
+            too_many = torch.bincount(pair_rows, minlength=n) > max(16, m // _MAX_ROW_SHARE)
+            if bool(too_many.any()):  # those rows go to the brute force
+                kept = ~too_many[pair_rows]
+                pair_rows, pair_cols = pair_rows[kept], pair_cols[kept]
         lo, hi = self._intervals(work_queries, train, pair_rows, pair_cols, queries_sq)
         rows, cols = torch.cat([seed_rows, pair_rows]), torch.cat([seeds.reshape(-1), pair_cols])
         lo, hi = torch.cat([seed_lo, lo]), torch.cat([seed_hi, hi])
@@ -476,7 +483,7 @@ def _exact_pair_distances(
     out = torch.empty(count, dtype=torch.float64, device=queries.device)
     if count == 0:
         return out
-    step = max(1, _GATHER_ELEMENTS // dim)
+    step = max(1, _EXACT_ELEMENTS // dim)  # float64 blocks under 32 MiB: reused from the heap, not page-faulted
     size = min(count, step)
     diff = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
     other = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
