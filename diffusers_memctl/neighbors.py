@@ -70,6 +70,8 @@ _MAX_ROW_SHARE = 4
 _CACHE_SIZE = 4
 # Queries of the first chunk, which decides whether pruning pays for the rest.
 _PROBE_ROWS = 64
+# Columns per block of the seed selection (`_seed_columns`).
+_SEED_BLOCK = 64
 
 _CACHE: OrderedDict[tuple, _PrunedIndex | None] = OrderedDict()
 _FINGERPRINTS: dict[int, tuple] = {}
@@ -371,7 +373,7 @@ class _PrunedIndex:
         row = self.alpha * norms - self.beta * errors.square() - self.gamma2 * self.alpha * norms
         queries_sq = _squared_norms(queries)
         work_queries = queries.to(self.work)
-        seeds = torch.topk(bound, width, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
+        seeds = _seed_columns(bound, width).sort(dim=1).values
         seed_rows = everything.repeat_interleave(width)
         seed_lo, seed_hi = self._intervals(work_queries, train, seed_rows, seeds.reshape(-1), queries_sq)
         # At least k seeds lie within their upper bounds: the k-th smallest caps the k-th distance (see class doc).
@@ -385,9 +387,10 @@ class _PrunedIndex:
         survive = torch.le(bound, limit_w[:, None], out=mask[: n * m].view(n, m))
         survive.scatter_(1, seeds, False)
         too_many = torch.zeros(n, dtype=torch.bool, device=queries.device)
-        if adaptive and float(torch.count_nonzero(survive)) / n + width > m / _MAX_MEAN_SHARE:
-            return False, everything
+        # Pairs take 16 bytes each: at most 4x the bound buffer where nearly everything survives.
         pair_rows, pair_cols = torch.nonzero(survive, as_tuple=True)
+        if adaptive and pair_rows.numel() / n + width > m / _MAX_MEAN_SHARE:
+            return False, everything
         if adaptive:
             too_many = torch.bincount(pair_rows, minlength=n) > max(16, m // _MAX_ROW_SHARE)
             if bool(too_many.any()):  # those rows go to the brute force
@@ -444,6 +447,27 @@ class _PrunedIndex:
         err = (cand_sq.sqrt() * q_sq.sqrt()).mul_(2.0 * _gamma(dim, self.u))
         err.add_((cand_sq + q_sq).mul_((dim + 16) * 2.0**-50)).mul_(1.0 + 2.0**-20)
         return sq - err, sq.add_(err)
+
+
+def _seed_columns(bound: torch.Tensor, width: int) -> torch.Tensor:
+    """`width` distinct columns per row with small bounds: the minima of the `width` column blocks with the smallest minima.
+
+    Blocks of `_SEED_BLOCK` columns: one vectorised min over the whole matrix and a top-k over `M / 64` block minima,
+    about five times cheaper than a top-k over all `M` columns. The seeds only set the threshold, so any columns keep
+    the search exact; these are the true `width` smallest unless two of them share a block.
+    """
+    n, m = bound.shape
+    length = _SEED_BLOCK
+    if m < 2 * width * length:
+        return torch.topk(bound, width, dim=1, largest=False, sorted=False).indices
+    full = m // length * length
+    minima = torch.amin(bound[:, :full].view(n, -1, length), dim=2)
+    if full < m:
+        minima = torch.cat([minima, torch.amin(bound[:, full:], dim=1, keepdim=True)], dim=1)
+    blocks = torch.topk(minima, width, dim=1, largest=False, sorted=False).indices
+    columns = (blocks[..., None] * length + torch.arange(length, device=bound.device)).clamp_(max=m - 1)
+    values = bound.gather(1, columns.view(n, -1)).view(n, width, length)
+    return columns.gather(2, values.argmin(dim=2, keepdim=True)).squeeze(2)
 
 
 def _sampled_dots(queries: torch.Tensor, train: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
