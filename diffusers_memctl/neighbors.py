@@ -10,10 +10,16 @@ but a handful of training samples before any exact distance is computed:
    `r_x = ||(I - Q Q^T)(x - mu)||`.
 2. Per chunk of queries `g`: the same `c_g`, `r_g`, then the bound `||g - x||^2 >= ||c_g - c_x||^2 + (r_g - r_x)^2`
    for all pairs at once, as one GEMM of width `p + 1` (see [`_PrunedIndex`] for the proof, rounding included).
-3. The exact float64 distances of the `w` training samples with the smallest bounds give the k-th distance `tau`
-   among them; every training sample whose bound exceeds `tau` (with a rounding margin) is provably not among the k
-   nearest. Exact float64 distances are computed for the survivors only, and the k smallest are selected with ties
-   going to the lower training index: the result equals [`brute_force_neighbors`] bit for bit.
+3. Seeds: per query the `w = k + 2` training samples with the smallest bounds (minima of the `w` best 64-column
+   blocks); rigorous intervals of their distances (float32 dot products with their `gamma_D` bound) give `tau`, an
+   upper bound of the k-th distance. Every training sample whose bound exceeds `tau` (with a rounding margin) is
+   provably not among the k nearest.
+4. Survivors: the (query, training sample) pairs left form one ragged list sorted by query; their intervals come from
+   one sampled dense-dense product (`torch.sparse.sampled_addmm`, each training row read once, no gathered copy), the
+   k-th smallest upper bound per query caps its k-th distance, and exact float64 distances (explicit differences, the
+   brute force's arithmetic) are computed only for pairs whose interval reaches under that cap, in bounded-memory
+   blocks. The k smallest per query are selected by one sort on (query, distance, index): ties go to the lower
+   training index, and the result equals [`brute_force_neighbors`] bit for bit. No step loops over queries.
 
 Where pruning does not pay (high-rank data such as uniform noise, where every bound is far below the distances; tiny
 problems), the brute-force search runs instead: a cheap check on a subsample decides before any index is built, and a
@@ -668,7 +674,7 @@ def nearest_neighbors(
         k (`int`, defaults to `2`):
             Number of neighbours, `1 <= k <= M`.
         chunk_size (`int`, *optional*):
-            Generated samples per chunk of the distance matrix; defaults to about 8M distance entries per chunk.
+            Generated samples per chunk of the distance matrix; defaults to about 8M distance entries (brute force) or 32M bound entries (pruned search) per chunk.
         device (`str` or `torch.device`, *optional*):
             Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
         candidates (`str`, defaults to `"auto"`):
@@ -770,7 +776,7 @@ class NeighborIndex:
             k (`int`, defaults to `2`):
                 Number of neighbours, `1 <= k <= M`.
             chunk_size (`int`, *optional*):
-                Queries per chunk of the bound matrix; defaults to about 4M entries per chunk.
+                Queries per chunk of the bound matrix; defaults to about 32M entries (128 MiB in float32) per chunk.
             candidates (`str`, defaults to `"auto"`):
                 Candidate precision of the brute force where it runs (see [`nearest_neighbors`]).
 
