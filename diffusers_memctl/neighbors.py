@@ -674,7 +674,8 @@ def nearest_neighbors(
         k (`int`, defaults to `2`):
             Number of neighbours, `1 <= k <= M`.
         chunk_size (`int`, *optional*):
-            Generated samples per chunk of the distance matrix; defaults to about 8M distance entries (brute force) or 32M bound entries (pruned search) per chunk.
+            Generated samples per chunk; defaults to about 8M distance entries (brute force) or 32M bound entries
+            (pruned search) per chunk.
         device (`str` or `torch.device`, *optional*):
             Device to compute on; defaults to the device of the input tensors (CPU for numpy arrays).
         candidates (`str`, defaults to `"auto"`):
