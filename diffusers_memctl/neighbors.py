@@ -217,8 +217,9 @@ class _PrunedIndex:
     `d(x)^2 > tau (1 + 8 (D + 8) 2^-53)` has `d'(x) > sqrt(tau)` and ranks behind those k: it cannot be among the
     k nearest by `(d', index)`. So `x` is pruned when `Y > tau (1 + 8 (D + 8) 2^-53) - row_g`, the threshold evaluated
     in float64 with a relative margin of `2^-48` and rounded up to the work dtype. Survivors keep their `Y <= threshold`
-    and get exact distances; a tie with the k-th distance always survives (the test is strict), so the tie-breaking by
-    the lower index is the brute force's.
+    and get distance intervals, then exact distances where an interval reaches under the k-th smallest upper bound
+    (times the same factor); a tie with the k-th distance always survives both tests (they are strict), so the
+    tie-breaking by the lower index is the brute force's.
     """
 
     def __init__(self, train: torch.Tensor, n_components: int, work: torch.dtype) -> None:
@@ -365,8 +366,8 @@ class _PrunedIndex:
     ) -> tuple[bool, torch.Tensor]:
         """Fills `distances`/`indices` of one chunk; returns (pruning paid, rows left to brute force).
 
-        Every stage is a few large ops over the whole chunk: the bound as one GEMM, the `width` seeds per query by one
-        top-k, and then the candidate pairs (seeds and survivors) as one ragged list, sorted by query, whose interval
+        Every stage is a few large ops over the whole chunk: the bound as one GEMM, the `width` seeds per query from
+        block minima ([`_seed_columns`]), and then the candidate pairs (seeds and survivors) as one ragged list, sorted by query, whose interval
         checks and exact distances run in bounded-memory blocks of pairs; no loop over queries.
         """
         m, n = train.shape[0], queries.shape[0]
