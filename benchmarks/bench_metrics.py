@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
-from diffusers_memctl.neighbors import NeighborIndex, clear_neighbor_cache, nearest_neighbors
+from diffusers_memctl.metrics.neighbors import NeighborIndex, clear_neighbor_cache, nearest_neighbors
 
 try:  # optional oracle and competitor: `pip install faiss-cpu`
     import faiss

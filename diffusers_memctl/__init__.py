@@ -18,6 +18,8 @@ from .loss_weighting import (
     p2_weights,
 )
 from .metrics import (
+    NeighborIndex,
+    clear_neighbor_cache,
     compute_feature_metrics,
     compute_metrics,
     density_coverage,
@@ -34,7 +36,6 @@ from .metrics import (
     signal_js,
 )
 from .models import UNET_1D_PRESETS, UNET_2D_PRESETS, UNet1DMemCtlModel, create_unet_1d, create_unet_2d
-from .neighbors import NeighborIndex, clear_neighbor_cache
 from .pipelines import DDPM1DPipeline, SignalPipelineOutput
 from .scheduling_memctl import (
     MEMCTL_CONFIG_DEFAULTS,

@@ -11,7 +11,6 @@ Everything here is pure numpy/scipy; pandas is imported only by [`rows_to_datafr
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from scipy import special, stats
 
 from .multiple_testing import annotate_holm
+from .run_folder import LOSS_HISTORY_NAME, RunFolder
 
 __all__ = [
     "PAPER_REFERENCE",
@@ -420,24 +420,15 @@ def load_loss_histories(
     items = run_dirs.items() if isinstance(run_dirs, Mapping) else ((str(d), d) for d in run_dirs)
     histories: dict[str, list[dict[str, Any]]] = {}
     for label, run_dir in items:
-        path = Path(run_dir) / "loss_history.jsonl"
-        if not path.is_file():
+        folder = RunFolder(run_dir)
+        if not folder.loss_history.is_file():
             if missing == "skip":
                 continue
-            raise FileNotFoundError(f"no loss_history.jsonl in run folder {str(run_dir)!r} (looked for {path})")
-        records = []
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_number} is not valid JSON: {line.strip()[:80]!r}") from err
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{line_number} must hold a JSON object; got {record!r}")
-                records.append(record)
-        histories[str(label)] = records
+            raise FileNotFoundError(
+                f"no {LOSS_HISTORY_NAME} in run folder {str(run_dir)!r} (looked for {folder.loss_history})"
+            )
+        # A partial last line (an append cut by a kill) is dropped; any other bad line names the file and the line.
+        histories[str(label)] = folder.read_loss_history()
     return histories
 
 

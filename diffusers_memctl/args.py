@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .run_folder import LOGS_DIR
+
 __all__ = [
     "DataArguments",
     "DiagnosticsArguments",
@@ -184,7 +186,7 @@ class TrainingArguments:
     )
     logging_dir: str = _help(
         "Tracker folder, relative to --output_dir (TensorBoard event files; wandb's run folder under <it>/wandb).",
-        default="logs",
+        default=LOGS_DIR,
     )
     logging_steps: int = _help("Log to the tracker every N steps.", default=10)
     channels_last: bool = _help("Use channels_last memory format for 2D models.", default=False)

@@ -43,7 +43,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .run_folder import read_run_args
+from .run_folder import (
+    GRADIENT_CONTRIBUTION_PLOT,
+    GRADIENT_PROFILE_NAME,
+    GRADIENT_PROFILE_PLOT,
+    GRADIENT_PROFILES_NAME,
+    MODEL_CONFIG_NAME,
+    MODEL_INDEX_NAME,
+    PLOTS_DIR,
+    UNET_DIR,
+    RunFolder,
+    read_json,
+    read_run_args,
+    write_csv_atomic,
+    write_text_atomic,
+)
 
 __all__ = [
     "DEFAULT_SAMPLER_SPECS",
@@ -62,7 +76,6 @@ __all__ = [
 ]
 
 GRADIENT_PROFILE_SCHEMA_VERSION = 1
-GRADIENT_PROFILE_NAME = "gradient_profile.json"
 
 #: Samplers compared by default: uniform, three CI intervals of the paper's grid and the peers.
 DEFAULT_SAMPLER_SPECS = (
@@ -407,7 +420,7 @@ class GradientProfile:
             path = path / GRADIENT_PROFILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no gradient profile at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -699,8 +712,7 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
     from .data import load_training_data
 
     defaults = DataArguments()
-    config_file = path / "training_config.json"
-    if config_file.is_file():
+    if RunFolder(path).has_training_config:
         run_args = read_run_args(path)
         values = {f.name: run_args.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(DataArguments)}
         if data_args is not None:
@@ -714,7 +726,7 @@ def _run_training_data(path: Path, data_args: Any) -> tuple[Any, dict[str, Any]]
         resolved = DataArguments(**values)
     elif data_args is not None:
         resolved = data_args
-        unet_config = path / "unet" / "config.json"
+        unet_config = path / UNET_DIR / MODEL_CONFIG_NAME
         if resolved.resolution is None and unet_config.is_file():
             # A plain pipeline: its images must have the size the UNet was trained at.
             size = json.loads(unet_config.read_text()).get("sample_size")
@@ -736,10 +748,7 @@ def _dumps_compact(content: Mapping[str, Any]) -> str:
 
 def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
     """Write through a temporary file and a rename, so an interrupted run never leaves half a profile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(_dumps_compact(content) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, _dumps_compact(content) + "\n")
 
 
 def write_gradient_profile(
@@ -767,9 +776,9 @@ def write_gradient_profile(
     if make_plots:
         from .plotting import plot_gradient_contribution, plot_gradient_profile, save_figure
 
-        save_figure(plot_gradient_profile(content), output_dir / "plots" / "gradient_profile.png")
+        save_figure(plot_gradient_profile(content), output_dir / PLOTS_DIR / GRADIENT_PROFILE_PLOT)
         if content["contribution"]:
-            save_figure(plot_gradient_contribution(content), output_dir / "plots" / "gradient_contribution.png")
+            save_figure(plot_gradient_contribution(content), output_dir / PLOTS_DIR / GRADIENT_CONTRIBUTION_PLOT)
     return content
 
 
@@ -777,7 +786,7 @@ def write_gradient_profile(
 # Many runs at once (a sweep: the pretrained model and every cell)
 # --------------------------------------------------------------------------------------------------------------
 
-SWEEP_SUMMARY_NAME = "gradient_profiles.csv"
+SWEEP_SUMMARY_NAME = GRADIENT_PROFILES_NAME
 
 
 def find_run_folders(root: str | os.PathLike, max_depth: int = 2) -> list[Path]:
@@ -788,8 +797,8 @@ def find_run_folders(root: str | os.PathLike, max_depth: int = 2) -> list[Path]:
     root = Path(root)
     found = []
     for depth in range(1, max_depth + 1):
-        for index in sorted(root.glob("/".join(["*"] * depth) + "/model_index.json")):
-            if (index.parent / "unet").is_dir():
+        for index in sorted(root.glob("/".join(["*"] * depth) + f"/{MODEL_INDEX_NAME}")):
+            if (index.parent / UNET_DIR).is_dir():
                 found.append(index.parent)
     return sorted(found)
 
@@ -839,8 +848,6 @@ def profile_run_folders(
     Returns:
         `list[dict]`: The rows of ``gradient_profiles.csv``.
     """
-    import csv
-
     root = Path(root)
     runs = find_run_folders(root)
     if not runs:
@@ -851,10 +858,5 @@ def profile_run_folders(
         content = write_gradient_profile(profile, run, sampler_specs=sampler_specs, make_plots=make_plots)
         rows.append(_summary_row(run, root, content, sampler_specs[0]))
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = root / f".{SWEEP_SUMMARY_NAME}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, root / SWEEP_SUMMARY_NAME)
+    write_csv_atomic(root / SWEEP_SUMMARY_NAME, rows, columns)
     return rows

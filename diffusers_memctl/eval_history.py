@@ -17,13 +17,12 @@ the last evaluated state at or under F (kept on disk at that evaluation in ``bud
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .run_folder import write_text_atomic
+from .run_folder import BUDGET_STATE_DIR, METRICS_HISTORY_NAME, RunFolder
 
 __all__ = [
     "BUDGET_STATE_DIR",
@@ -38,23 +37,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HISTORY_NAME = "metrics_history.jsonl"
-#: The last evaluated state within the memorization budget (a saved pipeline), kept until the run finishes.
-BUDGET_STATE_DIR = "budget_state"
+HISTORY_NAME = METRICS_HISTORY_NAME
 BUDGET_KEY = "memorization_budget"
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of ``metrics_history.jsonl`` (empty when there is none)."""
-    path = Path(run_dir) / HISTORY_NAME
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunFolder(run_dir).read_metrics_history()  # a partial last line (a kill mid-append) is dropped
 
 
 def _write_history(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     # Whole-file atomic rewrite: a kill mid-write leaves the previous file, never a torn last line.
-    write_text_atomic(Path(run_dir) / HISTORY_NAME, "".join(json.dumps(row) + "\n" for row in rows))
+    RunFolder(run_dir).write_metrics_history(rows)
 
 
 def record_history_row(run_dir: str | Path, row: dict[str, Any]) -> None:
@@ -66,8 +60,7 @@ def record_history_row(run_dir: str | Path, row: dict[str, Any]) -> None:
 
 def truncate_history(run_dir: str | Path, last_step: int) -> list[dict[str, Any]]:
     """Keep the along-training rows up to `last_step` (a resumed checkpoint); returns them."""
-    path = Path(run_dir) / HISTORY_NAME
-    if not path.is_file():
+    if not RunFolder(run_dir).metrics_history.is_file():
         return []
     rows = [r for r in read_history(run_dir) if not r.get("final") and r["step"] <= last_step]
     _write_history(Path(run_dir), rows)
@@ -81,7 +74,7 @@ def sync_final_row(run_dir: str | Path, report: dict[str, Any]) -> None:
     that stopped, the step of the state that was kept.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / HISTORY_NAME).is_file():
+    if not RunFolder(run_dir).metrics_history.is_file():
         return
     rows = [r for r in read_history(run_dir) if not r.get("final")]
     step = _saved_step(run_dir)
@@ -101,14 +94,12 @@ def sync_final_row(run_dir: str | Path, report: dict[str, Any]) -> None:
 
 
 def _saved_step(run_dir: Path) -> int | None:
-    config_path = run_dir / "training_config.json"
-    if config_path.is_file():
-        budget = json.loads(config_path.read_text()).get(BUDGET_KEY) or {}
-        if budget.get("saved_step") is not None:
-            return int(budget["saved_step"])
-    complete = run_dir / "train_complete.json"
-    if complete.is_file():
-        return int(json.loads(complete.read_text()).get("global_step", 0))
+    folder = RunFolder(run_dir)
+    budget = folder.read_training_config(missing_ok=True).get(BUDGET_KEY) or {}
+    if budget.get("saved_step") is not None:
+        return int(budget["saved_step"])
+    if folder.is_trained:
+        return int(folder.read_train_complete().get("global_step", 0))
     return None
 
 

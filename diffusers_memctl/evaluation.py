@@ -8,89 +8,94 @@ Yoon et al. 2023; Gu et al. 2023). Everything a reader needs to recompute the nu
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 
+from .args import DataArguments, EvaluationArguments
+from .data import load_training_data, samples_fingerprint
 from .eval_history import BUDGET_KEY, sync_final_row
-from .generation import _precision_label, estimate_generation_seconds, generate_samples, make_sampler
+from .features import default_feature_cache, feature_report, load_feature_extractor, write_replication_figure
+from .generation import estimate_generation_seconds, generate_samples, make_sampler, precision_label
+from .metrics import (
+    compute_metrics,
+    heldout_metrics,
+    nearest_neighbors,
+    pca_distribution_distances,
+    pca_project,
+    reference_metrics,
+)
+from .models.unet_1d_memctl import UNet1DMemCtlModel
 from .run_folder import (
+    LOSS_HISTORY_PLOT,
+    METRICS_NAME,
+    NEAREST_NEIGHBORS_PLOT,
+    NN_DISTANCES_PLOT,
+    PCA_SCATTER_PLOT,
+    PLOTS_DIR,
+    REPLICATED_PAIRS_PLOT,
+    SAMPLES_NAME,
+    SIGNAL_OVERLAY_PLOT,
+    UNET_DIR,
+    RunFolder,
     check_run_ids,
     disk_full_guard,
-    read_jsonl,
     recover_interrupted_swaps,
     resolve_published_args,
     run_lock,
     staging_folder,
     swap_in,
     write_bytes_atomic,
-    write_json_atomic,
 )
 
 __all__ = [
     "METRICS_SCHEMA_VERSION",
     "evaluate_run",
     "evaluate_model",
-    "evaluation_kwargs",
+    "evaluation_settings",
     "measure_generated",
     "generate_samples",
     "load_run_pipeline",
     "read_training_config",
+    "resolve_run_dir",
 ]
 
 METRICS_SCHEMA_VERSION = 1
 #: Plots an evaluation writes into ``plots/`` (training's preview grids there are not part of the report).
 EVALUATION_PLOT_NAMES = (
-    "pca_scatter.png",
-    "nn_distances.png",
-    "nearest_neighbors.png",
-    "signal_overlay.png",
-    "loss_history.png",
-    "replicated_pairs.png",
+    PCA_SCATTER_PLOT,
+    NN_DISTANCES_PLOT,
+    NEAREST_NEIGHBORS_PLOT,
+    SIGNAL_OVERLAY_PLOT,
+    LOSS_HISTORY_PLOT,
+    REPLICATED_PAIRS_PLOT,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def evaluation_kwargs(evaluation_args: Any) -> dict[str, Any]:
-    """Keyword arguments of :func:`evaluate_run` from an `EvaluationArguments` instance (one mapping for every caller)."""
-    e = evaluation_args
-    return {
-        "num_samples": e.eval_num_samples,
-        "batch_size": e.eval_batch_size,
-        "num_inference_steps": e.num_inference_steps,
-        "sampler": e.eval_sampler,
-        "mixed_precision": e.eval_mixed_precision,
-        "seed": e.eval_seed,
-        "pca_components": e.pca_components,
-        "pca_fit_on": e.pca_fit_on,
-        "js_bins": e.js_bins,
-        "memorization_threshold": e.memorization_threshold,
-        "feature_extractor": e.feature_extractor,
-        "replication_threshold": e.replication_threshold,
-        "feature_cache_dir": e.feature_cache_dir,
-    }
-
-
 def read_training_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``training_config.json`` of a run folder (clear error when it is not a run)."""
-    path = Path(run_dir) / "training_config.json"
+    path = RunFolder(run_dir).training_config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a diffusers-memctl run: {path.name} is missing")
-    config = json.loads(path.read_text())
+    config = RunFolder(run_dir).read_training_config()
     if "args" not in config or "modality" not in config:
         raise ValueError(f"{path} is not a training config of diffusers-memctl (keys 'args' and 'modality' missing)")
     return config
 
 
-def _resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -> Path:
+def resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -> Path:
+    """A local run folder, or the snapshot of a Hub repository `user/name` holding one (clear error when neither)."""
     path = Path(run_dir).expanduser()
     if path.exists():
         return path
@@ -108,23 +113,23 @@ def _resolve_run_dir(run_dir: str | os.PathLike, cache_dir: str | None = None) -
     raise FileNotFoundError(f"run folder not found: {run_dir}")
 
 
+# diagnostics still imports the former private name.
+_resolve_run_dir = resolve_run_dir
+
+
 def load_run_pipeline(run_dir: str | os.PathLike, modality: str) -> tuple[torch.nn.Module, Any]:
     """The denoiser and the scheduler config of a saved run (``model_index.json`` + ``unet/`` + ``scheduler/``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model_index.json").is_file() or not (run_dir / "unet").is_dir():
+    if not RunFolder(run_dir).has_pipeline:
         raise FileNotFoundError(
             f"{run_dir} holds no saved model (model_index.json and unet/ are missing); train it first or point at the "
             "run's output_dir"
         )
     if modality == "signal":
-        from .models.unet_1d_memctl import UNet1DMemCtlModel
-
-        unet = UNet1DMemCtlModel.from_pretrained(run_dir / "unet")
+        unet = UNet1DMemCtlModel.from_pretrained(run_dir / UNET_DIR)
     else:
-        from diffusers import UNet2DModel
-
-        unet = UNet2DModel.from_pretrained(run_dir / "unet")
-    scheduler_config = json.loads((run_dir / "scheduler" / "scheduler_config.json").read_text())
+        unet = UNet2DModel.from_pretrained(run_dir / UNET_DIR)
+    scheduler_config = RunFolder(run_dir).read_scheduler_config()
     return unet, scheduler_config
 
 
@@ -139,9 +144,6 @@ def training_reference(training_data: Any, memorization_threshold: float = 1 / 3
     """The training set's own leave-one-out metrics ([`~diffusers_memctl.metrics.reference_metrics`]), computed once
     per process for each data fingerprint and threshold; `{}` for fewer than 3 or more than
     :data:`REFERENCE_MAX_SAMPLES` samples."""
-    from .data import samples_fingerprint
-    from .metrics import reference_metrics
-
     samples = training_data.samples
     if not 3 <= samples.shape[0] <= REFERENCE_MAX_SAMPLES:
         return {}
@@ -195,271 +197,292 @@ def sample_distance_check(metrics: dict[str, float], reference: dict[str, float]
     return {"ratio": ratio, "far_from_data": far, "line": line}
 
 
+#: Former keyword names of :func:`evaluate_run`, by the `EvaluationArguments` field they set.
+_OVERRIDE_ALIASES = {
+    "num_samples": "eval_num_samples",
+    "batch_size": "eval_batch_size",
+    "sampler": "eval_sampler",
+    "mixed_precision": "eval_mixed_precision",
+    "seed": "eval_seed",
+}
+
+
+def evaluation_settings(settings: EvaluationArguments | None = None, **overrides: Any) -> EvaluationArguments:
+    """`settings` (default: `EvaluationArguments()`) with `overrides` applied, by field name or by the former keyword
+    names of :func:`evaluate_run` (``num_samples``, ``batch_size``, ``sampler``, ``mixed_precision``, ``seed``).
+
+    Raises:
+        `TypeError`: An override names no evaluation setting (one line listing the valid names).
+    """
+    fields = {f.name for f in dataclasses.fields(EvaluationArguments)}
+    changes = {}
+    for name, value in overrides.items():
+        field_name = _OVERRIDE_ALIASES.get(name, name)
+        if field_name not in fields:
+            valid = sorted(fields | set(_OVERRIDE_ALIASES))
+            raise TypeError(f"evaluate_run() got an unknown evaluation setting {name!r}; valid names: {valid}")
+        changes[field_name] = value
+    return dataclasses.replace(settings if settings is not None else EvaluationArguments(), **changes)
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
+    settings: EvaluationArguments | None = None,
     *,
-    num_samples: int = 1000,
-    batch_size: int = 250,
-    num_inference_steps: int | None = None,
-    sampler: str = "ddim",
-    mixed_precision: str | None = None,
-    seed: int = 0,
-    pca_components: int = 2,
-    pca_fit_on: str = "train",
-    js_bins: int = 50,
-    memorization_threshold: float = 1 / 3,
     device: str | torch.device | None = None,
     make_plots: bool = True,
     progress: bool = True,
     training_data: Any = None,
-    feature_extractor: str | None = None,
-    replication_threshold: float = 0.5,
-    feature_cache_dir: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Generate `num_samples` from a run, compute every metric against its training data, write the report.
+    """Generate `settings.eval_num_samples` samples from a run, compute every metric against its training data, write
+    the report.
 
-    Writes ``samples.npz``, ``metrics.json`` and the evaluation's ``plots/*.png`` into the run folder all or nothing:
-    they are built in a hidden staging folder and renamed into place together at the end, so a failure (a full disk
-    included) leaves the previous report intact and no temporary file behind. The run folder is locked meanwhile
-    (a training or another evaluation of the same folder makes this one fail at once).
+    Runs four stages: load (config, model, training data), generate, measure, report. Writes ``samples.npz``,
+    ``metrics.json`` and the evaluation's ``plots/*.png`` into the run folder all or nothing: they are built in a
+    hidden staging folder and renamed into place together at the end, so a failure (a full disk included) leaves the
+    previous report intact and no temporary file behind. The run folder is locked meanwhile (a training or another
+    evaluation of the same folder makes this one fail at once).
 
     Args:
         run_dir (`str` or `os.PathLike`): A run folder (or a Hub id holding one).
-        num_samples (`int`, defaults to 1000): Generated samples (the paper's N).
-        batch_size (`int`, defaults to 250): Generation batch size.
-        num_inference_steps (`int`, *optional*): Steps (default: 50 for DDIM, the training T for DDPM).
-        sampler (`str`, defaults to `"ddim"`): ``"ddim"`` or ``"ddpm"`` (the paper: ``"ddpm"`` with T steps).
-        mixed_precision (`str`, *optional*): ``"no"``, ``"bf16"`` or ``"fp16"`` for the model calls of the
-            generation (default: the run's own ``mixed_precision``).
-        seed (`int`, defaults to 0): Generation seed.
-        pca_components (`int`, defaults to 2): PCA components K.
-        pca_fit_on (`str`, defaults to `"train"`): Fit PCA on `"train"` or `"both"`.
-        js_bins (`int`, defaults to 50): Histogram bins of the JS distances.
-        memorization_threshold (`float`, defaults to 1/3): Nearest/second-nearest ratio threshold.
+        settings ([`~diffusers_memctl.args.EvaluationArguments`], *optional*): Every evaluation setting (samples,
+            batch size, sampler and steps, precision, seed, PCA, JS bins, thresholds, feature extractor); defaults to
+            `EvaluationArguments()` (the paper's N = 1000, DDIM 50 steps, K = 2).
         device (`str`, *optional*): Generation and metric device (default: CUDA when available).
         make_plots (`bool`, defaults to `True`): Write ``plots/*.png`` (needs matplotlib).
         progress (`bool`, defaults to `True`): Progress bars.
-        training_data ([`~diffusers_memctl.data.TrainingData`], *optional*): Preloaded training data.
-        feature_extractor (`str`, *optional*): Vision backbone (Hub id or folder) for the feature metrics of
-            [`~diffusers_memctl.features.feature_report`]; checked before anything is generated.
-        replication_threshold (`float`, defaults to 0.5): Cosine similarity of a replica.
-        feature_cache_dir (`str`, *optional*): Folder caching the training set's embeddings.
+        training_data ([`~diffusers_memctl.data.TrainingData`], *optional*): Preloaded training data (the run's
+            own: a training job passes what it trained on, so the data is loaded once per run).
+        **overrides: Settings that replace those of `settings`, by field name (``eval_seed=1``) or by the former
+            keyword names (``num_samples``, ``batch_size``, ``sampler``, ``mixed_precision``, ``seed``); an unknown
+            name raises `TypeError`.
 
     Returns:
         `dict`: The content of ``metrics.json``.
     """
-    if num_samples < 2:
-        raise ValueError(f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {num_samples}")
-    run_path = _resolve_run_dir(run_dir)
+    settings = evaluation_settings(settings, **overrides)
+    if settings.eval_num_samples < 2:
+        raise ValueError(
+            f"evaluation needs num_samples >= 2 for PCA and nearest-neighbour ratios, got {settings.eval_num_samples}"
+        )
+    run_path = resolve_run_dir(run_dir)
     with run_lock(run_path, flag="run folder"):
         # A report whose swap a kill interrupted is completed first: its metrics.json is never lost.
         recover_interrupted_swaps(run_path)
         # Old weights beside a new config (an interrupted --overwrite_output_dir) must not be measured as the new run.
-        run_id = check_run_ids(run_path, ("unet",), action="evaluate")
-        report, generated, training, modality, features = _generate_and_measure(
-            run_path,
-            num_samples=num_samples,
-            batch_size=batch_size,
-            num_inference_steps=num_inference_steps,
-            seed=seed,
-            pca_components=pca_components,
-            pca_fit_on=pca_fit_on,
-            js_bins=js_bins,
-            memorization_threshold=memorization_threshold,
-            device=device,
-            progress=progress,
-            training_data=training_data,
-            feature_extractor=feature_extractor,
-            replication_threshold=replication_threshold,
-            feature_cache_dir=feature_cache_dir,
-            sampler=sampler,
-            mixed_precision=mixed_precision,
-        )
-        if run_id is not None:
-            report = {"schema_version": report["schema_version"], "run_id": run_id, **report}
-        _publish_report(
-            run_path,
-            report,
-            generated,
-            training,
-            modality,
-            make_plots,
-            pca_components,
-            pca_fit_on,
-            memorization_threshold,
-            features,
-        )
+        run_id = check_run_ids(run_path, (UNET_DIR,), action="evaluate")
+        loaded = _load(run_path, settings, device, training_data)
+        generated = _generate(loaded, settings, progress)
+        measured = _measure(loaded, generated.samples, settings)
+        report = _build_report(loaded, generated, measured, settings, run_id)
+        _publish_report(run_path, report, generated.samples, loaded, settings, make_plots, measured.features)
         # metrics_history.jsonl (when the run evaluated along training) ends with this evaluation.
         sync_final_row(run_path, report)
     logger.info("%s: %s", run_path.name, report["sample_check"]["line"])
     return report
 
 
-def _generate_and_measure(
-    run_path: Path,
-    *,
-    num_samples: int,
-    batch_size: int,
-    num_inference_steps: int | None,
-    seed: int,
-    pca_components: int,
-    pca_fit_on: str,
-    js_bins: int,
-    memorization_threshold: float,
-    device: str | torch.device | None,
-    progress: bool,
-    training_data: Any,
-    feature_extractor: str | None = None,
-    replication_threshold: float = 0.5,
-    feature_cache_dir: str | None = None,
-    sampler: str = "ddim",
-    mixed_precision: str | None = None,
-) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, str, Any]:
-    """The report of :func:`evaluate_run` (nothing written yet), with the samples and training data behind it."""
-    from .args import DataArguments
-    from .data import load_training_data
+@dataclass
+class _LoadedRun:
+    """Stage 1 of :func:`evaluate_run`: the run's config, model and training data (nothing generated yet)."""
 
+    path: Path
+    config: dict[str, Any]
+    modality: str
+    unet: torch.nn.Module
+    scheduler_config: Any
+    device: torch.device
+    training_data: Any
+    extractor: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def training(self) -> torch.Tensor:
+        return self.training_data.samples
+
+
+@dataclass
+class _Generated:
+    """Stage 2: the generated samples and the steps and precision that made them."""
+
+    samples: torch.Tensor
+    steps: int
+    mixed_precision: str
+
+
+@dataclass
+class _Measured:
+    """Stage 3: every metric, the training set's own reference values and the feature report (or `None`)."""
+
+    metrics: dict[str, float]
+    reference: dict[str, float]
+    pca_components: int
+    features: Any = None
+
+
+def _load(run_path: Path, settings: EvaluationArguments, device: Any, training_data: Any) -> _LoadedRun:
+    """Read the config, load the model (and the feature extractor, so a missing one fails before any generation),
+    then the training data unless the caller holds it already."""
     config = read_training_config(run_path)
     modality = config["modality"]
     unet, scheduler_config = load_run_pipeline(run_path, modality)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = None
-    if feature_extractor:
-        from .features import load_feature_extractor
-
+    if settings.feature_extractor:
         extractor = load_feature_extractor(
-            feature_extractor, modality=modality, device=device, replication_threshold=replication_threshold
+            settings.feature_extractor,
+            modality=modality,
+            device=device,
+            replication_threshold=settings.replication_threshold,
         )
     unet.to(device).eval()
-
-    timings: dict[str, float] = {}
     tic = time.perf_counter()
     if training_data is None:
         data_fields = {f for f in DataArguments.__dataclass_fields__}
         # Local paths were published relative to the run folder.
         args = resolve_published_args(config["args"], run_path)
         training_data = load_training_data(DataArguments(**{k: v for k, v in args.items() if k in data_fields}))
-    training = training_data.samples
-    timings["load_training_data_s"] = time.perf_counter() - tic
+    loaded = _LoadedRun(run_path, config, modality, unet, scheduler_config, device, training_data, extractor)
+    loaded.timings["load_training_data_s"] = time.perf_counter() - tic
+    return loaded
 
+
+def _generate(loaded: _LoadedRun, settings: EvaluationArguments, progress: bool) -> _Generated:
+    """Generate the samples (after logging what it will cost) and refuse non-finite or mis-shaped ones."""
+    s, training = settings, loaded.training
+    mixed_precision = s.eval_mixed_precision
     if mixed_precision is None:
-        mixed_precision = config["args"].get("mixed_precision") or "no"
-    _, steps = make_sampler(scheduler_config, sampler, num_inference_steps)
+        mixed_precision = loaded.config["args"].get("mixed_precision") or "no"
+    _, steps = make_sampler(loaded.scheduler_config, s.eval_sampler, s.num_inference_steps)
     sample_shape = list(training.shape[1:])
+    common = dict(batch_size=s.eval_batch_size, sample_shape=sample_shape, device=loaded.device)
     estimate = estimate_generation_seconds(
-        unet,
-        modality,
-        num_samples=num_samples,
-        batch_size=batch_size,
+        loaded.unet,
+        loaded.modality,
+        num_samples=s.eval_num_samples,
         steps=steps,
-        sample_shape=sample_shape,
-        device=device,
         mixed_precision=mixed_precision,
+        **common,
     )
     logger.info(
         "evaluating %s: %d samples, %s %d steps, batch %d, %s, %s; generation takes about %.0f s, then metrics "
         "against %d training samples",
-        run_path.name,
-        num_samples,
-        sampler.upper(),
+        loaded.path.name,
+        s.eval_num_samples,
+        s.eval_sampler.upper(),
         steps,
-        batch_size,
-        device,
-        _precision_label(mixed_precision),
+        s.eval_batch_size,
+        loaded.device,
+        precision_label(mixed_precision),
         estimate,
         training.shape[0],
     )
-    timings["generate_estimate_s"] = estimate
+    loaded.timings["generate_estimate_s"] = estimate
     tic = time.perf_counter()
     generated = generate_samples(
-        unet,
-        scheduler_config,
-        modality,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        sampler=sampler,
+        loaded.unet,
+        loaded.scheduler_config,
+        loaded.modality,
+        num_samples=s.eval_num_samples,
+        sampler=s.eval_sampler,
         num_inference_steps=steps,
-        seed=seed,
-        sample_shape=sample_shape,
+        seed=s.eval_seed,
         progress=progress,
-        device=device,
         mixed_precision=mixed_precision,
+        **common,
     )
-    timings["generate_s"] = time.perf_counter() - tic
+    loaded.timings["generate_s"] = time.perf_counter() - tic
     if not torch.isfinite(generated).all():
         bad = int((~torch.isfinite(generated.flatten(1))).any(1).sum())
         raise ValueError(
-            f"{bad} of {num_samples} generated samples contain NaN or inf; the model in {run_path} diverged"
+            f"{bad} of {s.eval_num_samples} generated samples contain NaN or inf; the model in {loaded.path} diverged"
         )
     if tuple(generated.shape[1:]) != tuple(training.shape[1:]):
         raise ValueError(
             f"generated samples have shape {tuple(generated.shape[1:])} but the training data {tuple(training.shape[1:])}"
         )
+    return _Generated(generated, steps, mixed_precision)
 
-    requested_components = pca_components
-    pca_components = _usable_pca_components(pca_components, training)
+
+def _measure(loaded: _LoadedRun, generated: torch.Tensor, settings: EvaluationArguments) -> _Measured:
+    """The three metric families: memorization and distribution (:func:`measure_generated`), the training set's own
+    reference, and the feature-space report when a feature extractor is set."""
+    s = settings
+    pca_components = _usable_pca_components(s.pca_components, loaded.training)
     tic = time.perf_counter()
     metrics = measure_generated(
         generated,
-        training_data,
-        modality=modality,
+        loaded.training_data,
+        modality=loaded.modality,
         pca_components=pca_components,
-        pca_fit_on=pca_fit_on,
-        js_bins=js_bins,
-        memorization_threshold=memorization_threshold,
-        seed=seed,
-        device=device,
+        pca_fit_on=s.pca_fit_on,
+        js_bins=s.js_bins,
+        memorization_threshold=s.memorization_threshold,
+        seed=s.eval_seed,
+        device=loaded.device,
     )
-    reference = training_reference(training_data, memorization_threshold)
-    heldout = getattr(training_data, "heldout", None)
-    timings["metrics_s"] = time.perf_counter() - tic
+    reference = training_reference(loaded.training_data, s.memorization_threshold)
+    loaded.timings["metrics_s"] = time.perf_counter() - tic
     features = None
-    if extractor is not None:
-        from .features import default_feature_cache, feature_report
-
+    if loaded.extractor is not None:
         tic = time.perf_counter()
-        cache = default_feature_cache(feature_cache_dir)
+        cache = default_feature_cache(s.feature_cache_dir)
         features = feature_report(
-            generated, training, extractor, replication_threshold=replication_threshold, cache=cache
+            generated, loaded.training, loaded.extractor, replication_threshold=s.replication_threshold, cache=cache
         )
         metrics.update(features.metrics)
-        timings["features_s"] = time.perf_counter() - tic
+        loaded.timings["features_s"] = time.perf_counter() - tic
+    return _Measured(metrics, reference, pca_components, features)
 
-    report = {
-        "schema_version": METRICS_SCHEMA_VERSION,
-        "metrics": metrics,
-        "num_samples": num_samples,
-        "seed": seed,
-        "settings": {
-            "num_inference_steps": steps,
-            "sampler": sampler,
-            "mixed_precision": mixed_precision,
-            "batch_size": batch_size,
-            "pca_components": pca_components,
-            "pca_components_requested": requested_components,
-            "pca_fit_on": pca_fit_on,
-            "js_bins": js_bins,
-            "memorization_threshold": memorization_threshold,
-            "num_training_samples": int(training.shape[0]),
-            "num_heldout_samples": 0 if heldout is None else int(heldout.shape[0]),
-        },
-        "timings": timings,
-        # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
-        # against these).
-        "reference": reference,
-        "sample_check": sample_distance_check(metrics, reference),
-        # No run_dir: the report lives in the run folder, and a local path must not be published with it.
-        "run": {
-            "modality": modality,
-            "sampler": config.get("sampler", {}),
-        },
-    }
+
+def _build_report(
+    loaded: _LoadedRun,
+    generated: _Generated,
+    measured: _Measured,
+    settings: EvaluationArguments,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """Stage 4: the content of ``metrics.json`` (nothing written yet)."""
+    s, config = settings, loaded.config
+    heldout = getattr(loaded.training_data, "heldout", None)
+    report = {"schema_version": METRICS_SCHEMA_VERSION, **({"run_id": run_id} if run_id is not None else {})}
+    report.update(
+        {
+            "metrics": measured.metrics,
+            "num_samples": s.eval_num_samples,
+            "seed": s.eval_seed,
+            "settings": {
+                "num_inference_steps": generated.steps,
+                "sampler": s.eval_sampler,
+                "mixed_precision": generated.mixed_precision,
+                "batch_size": s.eval_batch_size,
+                "pca_components": measured.pca_components,
+                "pca_components_requested": s.pca_components,
+                "pca_fit_on": s.pca_fit_on,
+                "js_bins": s.js_bins,
+                "memorization_threshold": s.memorization_threshold,
+                "num_training_samples": int(loaded.training.shape[0]),
+                "num_heldout_samples": 0 if heldout is None else int(heldout.shape[0]),
+            },
+            "timings": loaded.timings,
+            # The training set's own leave-one-out values: what fresh draws of the data would score (read metrics
+            # against these).
+            "reference": measured.reference,
+            "sample_check": sample_distance_check(measured.metrics, measured.reference),
+            # No run_dir: the report lives in the run folder, and a local path must not be published with it.
+            "run": {
+                "modality": loaded.modality,
+                "sampler": config.get("sampler", {}),
+            },
+        }
+    )
     if config.get(BUDGET_KEY):
         report[BUDGET_KEY] = config[BUDGET_KEY]
-    if features is not None:
-        report["settings"]["features"] = features.settings
-        report["feature_reference"] = features.reference
-    return report, generated, training, modality, features
+    if measured.features is not None:
+        report["settings"]["features"] = measured.features.settings
+        report["feature_reference"] = measured.features.reference
+    return report
 
 
 def _usable_pca_components(requested: int, training: torch.Tensor) -> int:
@@ -493,8 +516,6 @@ def measure_generated(
     (:mod:`diffusers_memctl.eval_history`), so both carry the same keys: memorization, PCA distances and, when the
     data holds a held-out split, the held-out quality.
     """
-    from .metrics import compute_metrics, heldout_metrics, pca_distribution_distances
-
     training = training_data.samples
     metric_device = device if device is not None and torch.device(device).type == "cuda" else None
     metrics = compute_metrics(
@@ -520,7 +541,7 @@ def evaluate_model(
     model: torch.nn.Module,
     scheduler_config: Any,
     training_data: Any,
-    evaluation_args: Any,
+    evaluation_args: EvaluationArguments,
     *,
     num_samples: int,
     mixed_precision: str = "no",
@@ -567,19 +588,16 @@ def evaluate_model(
 
 
 #: Every file an evaluation writes into a run folder (plots of either modality included): replaced as one group.
-REPORT_FILES = ("samples.npz", *(f"plots/{name}" for name in EVALUATION_PLOT_NAMES), "metrics.json")
+REPORT_FILES = (SAMPLES_NAME, *(f"{PLOTS_DIR}/{name}" for name in EVALUATION_PLOT_NAMES), METRICS_NAME)
 
 
 def _publish_report(
     run_path: Path,
     report: dict[str, Any],
     generated: torch.Tensor,
-    training: torch.Tensor,
-    modality: str,
+    loaded: _LoadedRun,
+    settings: EvaluationArguments,
     make_plots: bool,
-    pca_components: int,
-    pca_fit_on: str,
-    memorization_threshold: float,
     features: Any = None,
 ) -> None:
     """Write samples, plots and metrics into a staging folder, then swap them in together (metrics.json last)."""
@@ -591,21 +609,20 @@ def _publish_report(
                 write_evaluation_plots(
                     run_path,
                     generated,
-                    training,
-                    modality,
-                    pca_components,
-                    pca_fit_on,
-                    memorization_threshold,
-                    plots_dir=staging / "plots",
+                    loaded.training,
+                    loaded.modality,
+                    settings.pca_components,
+                    settings.pca_fit_on,
+                    settings.memorization_threshold,
+                    plots_dir=staging / PLOTS_DIR,
                 )
                 if features is not None:
-                    from .features import write_replication_figure
-
-                    write_replication_figure(staging / "plots" / "replicated_pairs.png", generated, training, features)
+                    plot_path = staging / PLOTS_DIR / REPLICATED_PAIRS_PLOT
+                    write_replication_figure(plot_path, generated, loaded.training, features)
                 report["timings"]["plots_s"] = time.perf_counter() - tic
-            write_bytes_atomic(staging / "samples.npz", lambda h: np.savez_compressed(h, samples=generated.numpy()))
-            write_json_atomic(staging / "metrics.json", report)
-        swap_in(staging, run_path, REPORT_FILES, last="metrics.json")
+            write_bytes_atomic(staging / SAMPLES_NAME, lambda h: np.savez_compressed(h, samples=generated.numpy()))
+            RunFolder(staging).write_metrics(report)
+        swap_in(staging, run_path, REPORT_FILES, last=METRICS_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -624,7 +641,7 @@ def write_evaluation_plots(
     (images) or overlays (signals), and the loss history, into `plots_dir` (default ``run_dir/plots``).
 
     File names are those of :data:`EVALUATION_PLOT_NAMES`."""
-    from .metrics import nearest_neighbors, pca_project
+    # plotting sits in the reports layer above evaluation: imported here, where the figures are drawn.
     from .plotting import (
         plot_image_nn_grid,
         plot_loss_history,
@@ -634,18 +651,18 @@ def write_evaluation_plots(
         save_figure,
     )
 
-    plots = Path(plots_dir) if plots_dir is not None else run_dir / "plots"
+    plots = Path(plots_dir) if plots_dir is not None else RunFolder(run_dir).plots
     written = []
     # A PCA fitted on M training samples has M - 1 components: with fewer than 3, the scatter's two axes are fitted
     # on training and generated samples together.
     scatter_fit_on = pca_fit_on if training.shape[0] >= 3 else "both"
     gen_proj, train_proj, _ = pca_project(generated, training, max(2, pca_components), fit_on=scatter_fit_on)
-    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / "pca_scatter.png"))
+    written.append(save_figure(plot_pca_scatter(gen_proj, train_proj, title=run_dir.name), plots / PCA_SCATTER_PLOT))
     distances, indices = nearest_neighbors(generated, training, k=2)
     distances, indices = distances.cpu().numpy(), indices.cpu().numpy()
     ratio = distances[:, 0] / np.maximum(distances[:, 1], 1e-300)
     figure = plot_nn_distance_histogram(distances[:, 0], memorization_ratio=ratio, threshold=memorization_threshold)
-    written.append(save_figure(figure, plots / "nn_distances.png"))
+    written.append(save_figure(figure, plots / NN_DISTANCES_PLOT))
     if modality == "image":
         nearest = training[indices[:16, 0]].numpy()
         figure = plot_image_nn_grid(
@@ -655,14 +672,13 @@ def write_evaluation_plots(
             ratios=ratio,
             threshold=memorization_threshold,
         )
-        written.append(save_figure(figure, plots / "nearest_neighbors.png"))
+        written.append(save_figure(figure, plots / NEAREST_NEIGHBORS_PLOT))
     else:
         written.append(
-            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / "signal_overlay.png")
+            save_figure(plot_signal_overlay(generated.numpy(), training.numpy()), plots / SIGNAL_OVERLAY_PLOT)
         )
-    history = run_dir / "loss_history.jsonl"
-    if history.is_file():
-        records = read_jsonl(history)  # tolerates a partial last line
+    if RunFolder(run_dir).loss_history.is_file():
+        records = RunFolder(run_dir).read_loss_history()  # tolerates a partial last line
         if records:
-            written.append(save_figure(plot_loss_history(records), plots / "loss_history.png"))
+            written.append(save_figure(plot_loss_history(records), plots / LOSS_HISTORY_PLOT))
     return written

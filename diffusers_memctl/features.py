@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .data import samples_fingerprint
+from .run_folder import MODEL_CONFIG_NAME, write_bytes_atomic
 
 __all__ = [
     "DEFAULT_FEATURE_EXTRACTOR",
@@ -113,7 +114,7 @@ def resolve_backbone(
         raise ValueError(f"--feature_extractor must be a Hub id or a local folder, got {name_or_path!r}")
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        if not (folder / "config.json").is_file():
+        if not (folder / MODEL_CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"--feature_extractor {name_or_path}: the folder holds no config.json; save a transformers vision "
                 "model and its image processor there with save_pretrained"
@@ -363,12 +364,10 @@ class FeatureCache:
         else:
             value = compute()
             if path is not None:
-                from safetensors.torch import save_file
+                from safetensors.torch import save
 
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                save_file({"embeddings": value.contiguous()}, str(tmp), metadata=metadata)
-                os.replace(tmp, path)
+                payload = save({"embeddings": value.contiguous()}, metadata=metadata)
+                write_bytes_atomic(path, lambda handle: handle.write(payload))
         self._memory[key] = value
         while len(self._memory) > self.max_entries:
             self._memory.popitem(last=False)

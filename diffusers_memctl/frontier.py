@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,17 @@ from scipy import stats
 from . import multiple_testing
 from .methods import resolve_method
 from .plotting import save_figure
-from .run_folder import write_json_atomic, write_text_atomic
+from .run_folder import (
+    ANALYSIS_NAME,
+    CELLS_DIR,
+    FIGURES_DIR,
+    FRONTIER_ROWS_NAME,
+    PRETRAINED_DIR,
+    REPORT_NAME,
+    RunFolder,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = [
     "FRONTIER_ROWS_NAME",
@@ -53,7 +62,6 @@ __all__ = [
     "write_frontier_rows",
 ]
 
-FRONTIER_ROWS_NAME = "frontier_rows.csv"
 #: Arms that are uniform sampling "trained less": they make up uniform's frontier.
 UNIFORM_ARMS = ("pretraining", "uniform", "uniform_lr0.5", "uniform_lr0.25")
 COPIES, QUALITY = "memorized_fraction", "heldout_frechet_distance"
@@ -74,21 +82,17 @@ ALPHA = 0.05
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _history(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _rows_of_run(run_dir: Path, base: dict[str, Any], arm: str) -> list[dict[str, Any]]:
-    config = json.loads((run_dir / "training_config.json").read_text())
+    config = RunFolder(run_dir).read_training_config()
     lr = config["args"].get("learning_rate")
     rows = []
-    for record in _history(run_dir / "metrics_history.jsonl"):
+    for record in RunFolder(run_dir).read_metrics_history():
         rows.append({**base, "arm": arm, "learning_rate": lr, **{k: record.get(k) for k in ROW_FIELDS if k in record}})
     return rows
 
 
 def _dataset_name(run_dir: Path) -> str:
-    args = json.loads((run_dir / "training_config.json").read_text())["args"]
+    args = RunFolder(run_dir).read_training_config()["args"]
     return str(args.get("dataset_name") or Path(str(args.get("train_data_dir") or "data")).name)
 
 
@@ -101,15 +105,16 @@ def collect_frontier_rows(study_dir: str | Path, dataset: str | None = None) -> 
     rows = []
     for group in sorted(p for p in Path(study_dir).glob("n*-p*") if p.is_dir()):
         size, seed = group.name[1:].split("-p")
-        if dataset is None and (group / "pretrained" / "training_config.json").is_file():
-            dataset = _dataset_name(group / "pretrained")
+        pretrained = RunFolder(group / PRETRAINED_DIR)
+        if dataset is None and pretrained.has_training_config:
+            dataset = _dataset_name(pretrained.path)
         base = {"dataset": dataset or "data", "train_subset_size": int(size), "pretrain_seed": int(seed)}
-        if (group / "pretrained" / "train_complete.json").is_file():
-            rows += _rows_of_run(group / "pretrained", base, "pretraining")
-        for run_dir in sorted((group / "cells").glob("*-seed*")):
-            if not (run_dir / "metrics.json").is_file():
+        if pretrained.is_trained:
+            rows += _rows_of_run(pretrained.path, base, "pretraining")
+        for run_dir in sorted((group / CELLS_DIR).glob("*-seed*")):
+            if not RunFolder(run_dir).is_evaluated:
                 continue  # unfinished: its history may still grow
-            arm = json.loads((run_dir / "training_config.json").read_text())["args"].get("method_name")
+            arm = RunFolder(run_dir).read_training_config()["args"].get("method_name")
             rows += _rows_of_run(run_dir, base, arm or run_dir.name.rsplit("-seed", 1)[0])
     return rows
 
@@ -580,13 +585,15 @@ def write_frontier_report(folder: str | Path, rows: list[dict[str, Any]], *, mak
     """``analysis.json``, ``REPORT.md`` and ``figures/frontier_<dataset>.png`` of `rows` into `folder`."""
     folder = Path(folder)
     analysis = analyze_frontier(rows)
-    write_json_atomic(folder / "analysis.json", analysis)
+    write_json_atomic(folder / ANALYSIS_NAME, analysis)
     figures = []
     if make_plots:
         for dataset in sorted({r["dataset"] for r in rows}):
-            path = save_figure(plot_frontier(rows, analysis, dataset), folder / "figures" / f"frontier_{dataset}.png")
+            path = save_figure(
+                plot_frontier(rows, analysis, dataset), folder / FIGURES_DIR / f"frontier_{dataset}.png"
+            )
             figures.append(path.relative_to(folder).as_posix())
-    write_text_atomic(folder / "REPORT.md", render_frontier_report(analysis, figures))
+    write_text_atomic(folder / REPORT_NAME, render_frontier_report(analysis, figures))
     return {"analysis": analysis, "figures": figures, "rows": rows}
 
 
@@ -689,10 +696,10 @@ def add_matched_quality_to_study(study_dir: str | Path, *, make_plots: bool = Tr
         "",
         *[f"![copies vs held-out quality along training]({MATCHED_QUALITY_DIR}/{f})" for f in result["figures"]],
         "",
-        f"Details: [{MATCHED_QUALITY_DIR}/REPORT.md]({MATCHED_QUALITY_DIR}/REPORT.md).",
+        f"Details: [{MATCHED_QUALITY_DIR}/{REPORT_NAME}]({MATCHED_QUALITY_DIR}/{REPORT_NAME}).",
         "",
     ]
-    report = study_dir / "REPORT.md"
+    report = study_dir / REPORT_NAME
     if report.is_file():
         text = report.read_text()
         if ANSWER_END in text:  # rebuilt: replace the earlier answer, do not stack a second one

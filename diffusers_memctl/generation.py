@@ -37,7 +37,7 @@ def autocast_context(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _precision_label(mixed_precision: str) -> str:
+def precision_label(mixed_precision: str) -> str:
     return "float32" if mixed_precision == "no" else f"{mixed_precision} autocast"
 
 
@@ -169,7 +169,7 @@ def generate_samples(
     num_batches = -(-num_samples // batch_size)
     bar = tqdm(
         total=num_batches * steps,
-        desc=f"generate {num_samples} {modality}s ({sampler} {steps} steps, {_precision_label(mixed_precision)})",
+        desc=f"generate {num_samples} {modality}s ({sampler} {steps} steps, {precision_label(mixed_precision)})",
         disable=not progress,
         leave=False,
     )

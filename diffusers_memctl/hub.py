@@ -42,7 +42,20 @@ from huggingface_hub.utils import validate_repo_id
 from .data import IMAGE_DATASET_PRESETS, SIGNAL_DATASET_PRESETS
 from .distributed import describe_extensions, describe_layout
 from .pipelines import REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE
-from .run_folder import RUN_ID_KEY, check_run_ids
+from .run_folder import (
+    CARD_NAME,
+    CHECKPOINTS_DIR,
+    LOGS_DIR,
+    METRICS_NAME,
+    MODEL_INDEX_NAME,
+    PLOTS_DIR,
+    RUN_ID_KEY,
+    TRAINING_CONFIG_NAME,
+    UNET_DIR,
+    RunFolder,
+    check_run_ids,
+    write_text_atomic,
+)
 
 __all__ = [
     "HubPushError",
@@ -83,7 +96,7 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", 
 _UPLOAD_SUFFIXES = frozenset({".safetensors", ".json", ".jsonl", ".npz", ".png", ".md", ".csv", ".txt"})
 #: Python files a run folder publishes: the remote code that lets diffusers load a signal pipeline on its own.
 _UPLOAD_CODE = frozenset({REMOTE_PIPELINE_FILE, REMOTE_UNET_FILE})
-_EXCLUDED_DIRS = frozenset({"logs", "tensorboard", "wandb", "__pycache__"})
+_EXCLUDED_DIRS = frozenset({LOGS_DIR, "tensorboard", "wandb", "__pycache__"})
 _SECRET_ARG = re.compile(r"(^|_)(token|secret|password|passwd|api_key|credentials?)$", re.IGNORECASE)
 _MAIN_METRICS = ("nn_l2_mean", "memorized_fraction", "mean_l2", "pca_frechet_distance")
 
@@ -136,16 +149,6 @@ def _looks_like_hub_id(value: Any) -> bool:
     except HFValidationError:
         return False
     return True
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _format_value(value: Any) -> str:
@@ -243,10 +246,10 @@ def _memctl_metadata(args: Mapping[str, Any], sampler: Mapping[str, Any]) -> dic
 
 
 def _plots(folder: Path) -> list[dict[str, str]]:
-    plot_dir = folder / "plots"
+    plot_dir = folder / PLOTS_DIR
     if not plot_dir.is_dir():
         return []
-    return [{"name": p.stem, "path": f"plots/{p.name}"} for p in sorted(plot_dir.glob("*.png"))]
+    return [{"name": p.stem, "path": f"{PLOTS_DIR}/{p.name}"} for p in sorted(plot_dir.glob("*.png"))]
 
 
 def render_model_card(
@@ -270,16 +273,16 @@ def render_model_card(
         `ModelCard`: The card (not written; see [`write_model_card`]).
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "training_config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no training_config.json in run folder {run_dir}; train a model there first")
-    config = _read_json(config_path)
+    folder = RunFolder(run_dir)
+    if not folder.has_training_config:
+        raise FileNotFoundError(f"no {TRAINING_CONFIG_NAME} in run folder {run_dir}; train a model there first")
+    config = folder.read_training_config()
     args = config.get("args") or {}
     sampler = config.get("sampler") or {}
     modality = config.get("modality", "image")
     if modality not in ("image", "signal"):
         raise ValueError(f"training_config.json modality must be 'image' or 'signal', got {modality!r}")
-    metrics_doc = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    metrics_doc = folder.read_metrics(missing_ok=True)
     metrics = dict(_flat_metrics(metrics_doc)) if metrics_doc else {}
 
     model_name = (repo_id.split("/")[-1] if repo_id else run_dir.resolve().name) + (
@@ -367,8 +370,6 @@ def render_model_card(
 
 def _write_atomic(path: Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename (honours the umask)."""
-    from .run_folder import write_text_atomic
-
     return write_text_atomic(path, text)
 
 
@@ -383,9 +384,9 @@ def write_model_card(run_dir: str | os.PathLike, **kwargs: Any) -> Path:
         `Path`: The written `README.md`.
     """
     # The card shows the config's settings beside the metrics: both must be of one run.
-    check_run_ids(run_dir, ("unet", "metrics.json"), action="write the model card of")
+    check_run_ids(run_dir, (UNET_DIR, METRICS_NAME), action="write the model card of")
     card = render_model_card(run_dir, **kwargs)
-    return _write_atomic(Path(run_dir) / "README.md", str(card))
+    return _write_atomic(RunFolder(run_dir).card, str(card))
 
 
 def find_sweep_cells(sweep_dir: str | os.PathLike) -> list[Path]:
@@ -401,8 +402,8 @@ def find_sweep_cells(sweep_dir: str | os.PathLike) -> list[Path]:
     cells: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(sweep_dir):
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if d != "checkpoints" and not d.startswith("."))
-        if here != sweep_dir and ({"model_index.json", "training_config.json"} & set(filenames)):
+        dirnames[:] = sorted(d for d in dirnames if d != CHECKPOINTS_DIR and not d.startswith("."))
+        if here != sweep_dir and ({MODEL_INDEX_NAME, TRAINING_CONFIG_NAME} & set(filenames)):
             cells.append(here)
             dirnames[:] = []  # a run folder's subfolders (unet/, scheduler/) are not cells
     return sorted(cells)
@@ -428,14 +429,14 @@ def render_sweep_card(
     rows, modality, datasets, licenses = [], "image", set(), set()
     metric_names: list[str] = []
     for cell in cells:
-        config = _read_json(cell / "training_config.json") if (cell / "training_config.json").is_file() else {}
+        config = RunFolder(cell).read_training_config(missing_ok=True)
         args, sampler = config.get("args") or {}, config.get("sampler") or {}
         modality = config.get("modality", modality)
         dataset_id = _dataset_identity(args, modality)[2]
         if dataset_id:
             datasets.add(dataset_id)
         licenses.add(args.get("license") or "apache-2.0")
-        metrics = dict(_flat_metrics(_read_json(cell / "metrics.json"))) if (cell / "metrics.json").is_file() else {}
+        metrics = dict(_flat_metrics(RunFolder(cell).read_metrics(missing_ok=True)))
         metric_names += [m for m in _MAIN_METRICS if m in metrics and m not in metric_names]
         rows.append((cell, args, sampler, metrics))
     table = [
@@ -479,7 +480,7 @@ def render_sweep_card(
         repo_source=json.dumps(repo_id or "<repo_id>"),
         pipeline_module=pipeline_module,
         pipeline_class=pipeline_class,
-        report_files=[op.path_in_repo for op in _plan_root_report(sweep_dir, cells) if op.path_in_repo != "README.md"],
+        report_files=[op.path_in_repo for op in _plan_root_report(sweep_dir, cells) if op.path_in_repo != CARD_NAME],
         plots=_plots(sweep_dir),
     )
 
@@ -495,7 +496,7 @@ def write_sweep_card(sweep_dir: str | os.PathLike, **kwargs: Any) -> Path:
         `Path`: The written `README.md`.
     """
     card = render_sweep_card(sweep_dir, **kwargs)
-    return _write_atomic(Path(sweep_dir) / "README.md", str(card))
+    return _write_atomic(Path(sweep_dir) / CARD_NAME, str(card))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ def _is_remote_code(path: Path) -> bool:
     for relative in _UPLOAD_CODE:
         depth = len(PurePosixPath(relative).parts)
         pipeline_root = path.parents[depth - 1]
-        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / "model_index.json").is_file():
+        if path.relative_to(pipeline_root).as_posix() == relative and (pipeline_root / MODEL_INDEX_NAME).is_file():
             return True
     return False
 
@@ -524,7 +525,7 @@ def _walk_uploadable(
             for d in dirnames
             if not d.startswith(".")
             and d not in _EXCLUDED_DIRS
-            and (include_checkpoints or d != "checkpoints")
+            and (include_checkpoints or d != CHECKPOINTS_DIR)
             and here / d not in skip_dirs
         )
         for name in sorted(filenames):
@@ -730,8 +731,8 @@ def push_to_hub(
     _check_repo_id(repo_id)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder to push {folder} does not exist or is not a directory")
-    if not (folder / "README.md").is_file():
-        if (folder / "training_config.json").is_file():
+    if not RunFolder(folder).has_card:
+        if RunFolder(folder).has_training_config:
             write_model_card(folder, repo_id=repo_id, subfolder=path_in_repo.strip("/") or None)
         else:
             logger.warning("no README.md and no training_config.json in %s: pushing without a model card", folder)
@@ -797,11 +798,11 @@ def push_sweep_to_hub(
     operations: list[CommitOperationAdd] = []
     for cell in cells:
         subfolder = cell.relative_to(sweep_dir).as_posix()
-        if not (cell / "README.md").is_file() and (cell / "training_config.json").is_file():
+        if not RunFolder(cell).has_card and RunFolder(cell).has_training_config:
             write_model_card(cell, repo_id=repo_id, subfolder=subfolder)
         check_run_ids(cell, action="push")
         operations += plan_hub_commit(cell, path_in_repo=subfolder, include_checkpoints=include_checkpoints)
-    if not (sweep_dir / "README.md").is_file():
+    if not (sweep_dir / CARD_NAME).is_file():
         write_sweep_card(sweep_dir, repo_id=repo_id)
     operations += _plan_root_report(sweep_dir, cells)
     operations.sort(key=lambda op: op.path_in_repo)

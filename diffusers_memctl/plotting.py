@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .analysis import _as_records, _cell_key, _is_baseline_row, _is_ci_row, _num, analyze_sweep, pearson_with_ci
+from .run_folder import GRADIENT_PROFILES_NAME, REPORT_NAME, write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -1093,7 +1094,7 @@ def _gradient_profile_section(sweep_dir: Path) -> list[str]:
     """Where each run learns, when ``memctl-diagnose SWEEP_DIR`` has written ``gradient_profiles.csv`` there."""
     import csv
 
-    path = sweep_dir / "gradient_profiles.csv"
+    path = sweep_dir / GRADIENT_PROFILES_NAME
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
@@ -1248,9 +1249,7 @@ def write_sweep_report(
         )
     lines.append("")
 
-    path = sweep_dir / "REPORT.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text_atomic(sweep_dir / REPORT_NAME, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------------

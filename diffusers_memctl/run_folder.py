@@ -2,13 +2,17 @@
 
 Training, evaluation and sweeps all write into run folders; this module is the one place that decides how:
 
+- **One layout.** Every file and folder name of a run, sweep or study folder is a constant here (``METRICS_NAME``,
+  ``LOSS_HISTORY_NAME``, ...), and :class:`RunFolder` gives the paths and typed readers/writers of one run folder
+  (config, metrics, loss and metrics histories, checkpoints, locks). No other module spells a file name.
 - **One writer.** :func:`run_lock` holds an OS lock (`filelock`, ``flock`` on Unix) on ``<folder>/.memctl.lock`` for
   as long as a run, an evaluation or a sweep cell writes there. The kernel drops the lock when its process dies, so a
   lock left by a killed process never blocks; a second writer fails at once (:class:`RunFolderBusyError`) or, in a
   sweep, moves on to the next cell (:func:`try_run_lock`). Locks are re-entrant within a process: a sweep cell's lock
   is the same lock that the training and evaluation of that cell take.
-- **Atomic files.** :func:`write_json_atomic` and :func:`write_bytes_atomic` write to a hidden temporary name and
-  rename; :func:`swap_in` moves a set of finished files into place together. Every new file honours the user's umask
+- **Atomic files.** :func:`write_json_atomic`, :func:`write_bytes_atomic` (and the text, CSV and JSON-lines
+  writers) write to a hidden temporary name and rename; :func:`replace_folder` does the same for a whole folder;
+  :func:`swap_in` moves a set of finished files into place together. Every new file honours the user's umask
   (:func:`apply_umask`), also those that `safetensors` and `tempfile` create as 0600.
 - **Disk full.** :func:`disk_full_guard` turns an out-of-space failure (``ENOSPC``, ``EDQUOT``, or PyTorch's
   ``unexpected pos`` of a short write) into :class:`DiskFullError`, whose message says "no space left on device" and
@@ -27,7 +31,9 @@ Training, evaluation and sweeps all write into run folders; this module is the o
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
 import logging
 import os
@@ -37,55 +43,173 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME as DIFFUSERS_SCHEDULER_CONFIG_NAME
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 __all__ = [
+    "ANALYSIS_NAME",
+    "BUDGET_STATE_DIR",
+    "CARD_NAME",
+    "CELLS_DIR",
     "CHECKPOINTS_DIR",
+    "CHECKPOINT_PREFIX",
+    "EMA_STATE_NAME",
+    "FIGURES_DIR",
+    "FRONTIER_ROWS_NAME",
+    "GRADIENT_CONTRIBUTION_PLOT",
+    "GRADIENT_PROFILES_NAME",
+    "GRADIENT_PROFILE_NAME",
+    "GRADIENT_PROFILE_PLOT",
     "LOCK_NAME",
+    "LOGS_DIR",
+    "LOSS_HISTORIES_DIR",
+    "LOSS_HISTORY_NAME",
+    "LOSS_HISTORY_PLOT",
+    "METRICS_HISTORY_NAME",
+    "METRICS_NAME",
+    "MODEL_CONFIG_NAME",
+    "MODEL_INDEX_NAME",
+    "MODEL_WEIGHTS_NAME",
+    "NEAREST_NEIGHBORS_PLOT",
+    "NN_DISTANCES_PLOT",
+    "PCA_SCATTER_PLOT",
+    "PLOTS_DIR",
+    "PRETRAINED_DIR",
+    "REPLICATED_PAIRS_PLOT",
+    "REPORT_NAME",
     "RUN_ID_KEY",
+    "SAMPLER_STATE_NAME",
+    "SAMPLES_NAME",
+    "SCHEDULER_CONFIG_NAME",
+    "SCHEDULER_DIR",
+    "SIGNAL_OVERLAY_PLOT",
+    "STUDY_RESULTS_NAME",
+    "STUDY_SETTINGS_NAME",
+    "SWEEP_CONFIG_NAME",
+    "SWEEP_RESULTS_NAME",
+    "TRAINING_CONFIG_NAME",
+    "TRAIN_COMPLETE_NAME",
+    "UNET_DIR",
+    "UNET_EMA_DIR",
     "CheckpointError",
     "DiskFullError",
+    "RunFolder",
     "RunFolderBusyError",
     "RunFolderMismatchError",
     "UnsafeCheckpointError",
+    "append_jsonl",
     "apply_umask",
     "card_run_id",
     "check_checkpoint_pickles",
     "check_run_ids",
     "disk_full_guard",
-    "list_checkpoints",
     "find_unreadable_file",
+    "latest_checkpoint",
+    "launch_lock",
+    "list_checkpoints",
+    "load_state_file",
     "missing_checkpoint_files",
     "new_run_id",
-    "read_jsonl",
-    "recover_interrupted_swaps",
-    "run_ids",
-    "stamp_weights_run_id",
-    "weights_run_id",
-    "launch_lock",
-    "load_state_file",
+    "partial_folder",
     "publishable_args",
     "publishable_path",
+    "read_json",
+    "read_jsonl",
     "read_run_args",
+    "recover_interrupted_swaps",
+    "replace_folder",
     "resolve_published_args",
+    "run_ids",
     "run_lock",
     "save_state_file",
     "staging_folder",
+    "stamp_weights_run_id",
     "swap_in",
     "try_run_lock",
+    "weights_run_id",
     "write_bytes_atomic",
+    "write_csv_atomic",
     "write_json_atomic",
+    "write_jsonl_atomic",
     "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
+# --------------------------------------------------------------------------------------------------------------
+# Layout: every name a run, sweep or study folder holds, written once here (read them through `RunFolder`)
+# --------------------------------------------------------------------------------------------------------------
+
 LOCK_NAME = ".memctl.lock"
+#: The run's settings, sampler summary and data summary (written when training starts).
+TRAINING_CONFIG_NAME = "training_config.json"
+#: The evaluation report (written last: its presence means the run is evaluated).
+METRICS_NAME = "metrics.json"
+#: One JSON line per optimizer step (loss, learning rate, per-bin losses).
+LOSS_HISTORY_NAME = "loss_history.jsonl"
+#: One JSON line per evaluation during training (memorization over steps, the memorization budget).
+METRICS_HISTORY_NAME = "metrics_history.jsonl"
+#: Written when training finished (its presence means the run is trained).
+TRAIN_COMPLETE_NAME = "train_complete.json"
+#: The diffusers pipeline index (``DiffusionPipeline.config_name``).
+MODEL_INDEX_NAME = "model_index.json"
+#: The model card (also the card of a sweep folder).
+CARD_NAME = "README.md"
+#: The samples the evaluation generated.
+SAMPLES_NAME = "samples.npz"
+#: Folders of the saved pipeline and of each checkpoint (diffusers' layout).
+UNET_DIR = "unet"
+UNET_EMA_DIR = "unet_ema"
+SCHEDULER_DIR = "scheduler"
+#: diffusers' config file names inside a model and a scheduler folder.
+MODEL_CONFIG_NAME = CONFIG_NAME
+MODEL_WEIGHTS_NAME = SAFETENSORS_WEIGHTS_NAME
+SCHEDULER_CONFIG_NAME = DIFFUSERS_SCHEDULER_CONFIG_NAME
+#: Figures of the run and of its evaluation.
+PLOTS_DIR = "plots"
+#: Figures of an evaluation in ``plots/`` (training's preview grids ``samples_epoch_<N>.png`` are not part of it).
+PCA_SCATTER_PLOT = "pca_scatter.png"
+NN_DISTANCES_PLOT = "nn_distances.png"
+NEAREST_NEIGHBORS_PLOT = "nearest_neighbors.png"
+SIGNAL_OVERLAY_PLOT = "signal_overlay.png"
+LOSS_HISTORY_PLOT = "loss_history.png"
+REPLICATED_PAIRS_PLOT = "replicated_pairs.png"
+#: Figures of a gradient profile in ``plots/``.
+GRADIENT_PROFILE_PLOT = "gradient_profile.png"
+GRADIENT_CONTRIBUTION_PLOT = "gradient_contribution.png"
+#: The trackers' folder (``--logging_dir``'s default, relative to the run folder).
+LOGS_DIR = "logs"
+#: ``checkpoints/checkpoint-<step>``: the resumable states.
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+#: The pipeline as last evaluated within the memorization budget (restored when the budget stops training).
+BUDGET_STATE_DIR = "budget_state"
+#: Checkpoint files of the state accelerate would pickle: safetensors tensors + JSON metadata instead
+#: (``ema.safetensors``: EMA of checkpoints written before ``unet_ema/``; read only).
+EMA_STATE_NAME = "ema.safetensors"
+SAMPLER_STATE_NAME = "sampler_state.safetensors"
+#: The gradient profile of a run (``memctl-diagnose``) and the table of those of a sweep.
+GRADIENT_PROFILE_NAME = "gradient_profile.json"
+GRADIENT_PROFILES_NAME = "gradient_profiles.csv"
+#: Sweep and study folders: their runs (``cells/<name>``, ``pretrained/``), settings, result tables, analyses,
+#: figures and reports; an exported sweep holds its runs' loss histories in ``loss_histories/``.
+CELLS_DIR = "cells"
+PRETRAINED_DIR = "pretrained"
+FIGURES_DIR = "figures"
+LOSS_HISTORIES_DIR = "loss_histories"
+SWEEP_CONFIG_NAME = "sweep_config.json"
+SWEEP_RESULTS_NAME = "sweep_results.csv"
+STUDY_RESULTS_NAME = "study_results.csv"
+STUDY_SETTINGS_NAME = "study_settings.json"
+FRONTIER_ROWS_NAME = "frontier_rows.csv"
+ANALYSIS_NAME = "analysis.json"
+REPORT_NAME = "REPORT.md"
 #: Files accelerate loads with ``torch.load(weights_only=False)``: arbitrary code runs while they are read.
 UNSAFE_PICKLE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 _STAGING_PREFIX = ".staging-"
@@ -162,7 +286,7 @@ def _clean_after_dead_writers(folder: Path) -> None:
     for stale in folder.glob(".*.tmp*"):
         if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
             stale.unlink(missing_ok=True)
-    for partial in (folder / CHECKPOINTS_DIR).glob(".checkpoint-*.partial"):
+    for partial in (folder / CHECKPOINTS_DIR).glob(f".{CHECKPOINT_PREFIX}*.partial"):
         shutil.rmtree(partial, ignore_errors=True)  # a checkpoint whose save was killed: never resumable
 
 
@@ -363,6 +487,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: list[str]) -> Path:
+    """Write rows as CSV (`csv.DictWriter`'s format, a header of `columns`) atomically (see [`write_bytes_atomic`]).
+
+    Args:
+        path (`str` or `os.PathLike`): The CSV file.
+        rows (`Iterable[dict]`): One dict per row (keys among `columns`).
+        columns (`list[str]`): The header, in order.
+    """
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def partial_folder(target: str | os.PathLike) -> Path:
+    """The hidden name (``.<name>.partial``) under which a folder is written before [`replace_folder`] renames it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial")
+
+
+def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished folder `partial` in place of `target` (removed first), by a rename: no half folder is seen."""
+    target = Path(target)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
@@ -473,6 +626,23 @@ def _complete_swap(staging: Path, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any], *, what: str = "history") -> None:
+    """Append one record as a JSON line (a kill may cut it short: [`read_jsonl`] drops such a partial last line).
+
+    Args:
+        path (`str` or `os.PathLike`): The JSON-lines file (created when missing).
+        record (`dict`): The record.
+        what (`str`, defaults to `"history"`): What the file is, for the message of a full disk.
+    """
+    with disk_full_guard(path, what), open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records as JSON lines atomically (see [`write_bytes_atomic`]), e.g. a history cut back on resume."""
+    return write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
 def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
     """The records of a JSON-lines file whose last line may have been cut short.
 
@@ -489,7 +659,8 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
         `list[dict]`: One record per complete line.
 
     Raises:
-        `ValueError`: A line other than an unterminated last one is not JSON.
+        `ValueError`: A line other than an unterminated last one is not JSON, or holds no JSON object (the message
+            names the file and the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -501,9 +672,15 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict[st
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as error:
-                raise ValueError(f"{path} line {number} is not JSON ({error}); the file is corrupt") from None
+                text = line.strip()[:80].decode("utf-8", "replace")
+                raise ValueError(
+                    f"{path} line {number} is not JSON ({error}); the file is corrupt ({path.name}:{number}: {text!r})"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path} line {number} must hold a JSON object ({path.name}:{number}: {record!r})")
+            records.append(record)
     if tail.strip():
         try:
             records.append(json.loads(tail))
@@ -586,7 +763,7 @@ def _json_run_id(path: Path) -> str | None:
 
 
 #: The parts of a run folder that carry the run id, by the name used in messages.
-RUN_ID_PARTS = ("training_config.json", "unet", "metrics.json", "README.md")
+RUN_ID_PARTS = (TRAINING_CONFIG_NAME, UNET_DIR, METRICS_NAME, CARD_NAME)
 
 
 def run_ids(folder: str | os.PathLike, parts: Iterable[str] = RUN_ID_PARTS) -> dict[str, str | None]:
@@ -595,11 +772,11 @@ def run_ids(folder: str | os.PathLike, parts: Iterable[str] = RUN_ID_PARTS) -> d
     found: dict[str, str | None] = {}
     for part in parts:
         path = folder / part
-        if part == "unet":
+        if part == UNET_DIR:
             if _weights_files(path):
-                found["unet"] = weights_run_id(path)
+                found[UNET_DIR] = weights_run_id(path)
         elif path.is_file():
-            found[part] = card_run_id(path) if part == "README.md" else _json_run_id(path)
+            found[part] = card_run_id(path) if part == CARD_NAME else _json_run_id(path)
     return found
 
 
@@ -617,8 +794,8 @@ def check_run_ids(folder: str | os.PathLike, parts: Iterable[str] = RUN_ID_PARTS
         [`RunFolderMismatchError`]: A part's run id differs from the config's (or is missing).
     """
     folder = Path(folder)
-    ids = run_ids(folder, ["training_config.json", *parts])
-    expected = ids.get("training_config.json")
+    ids = run_ids(folder, [TRAINING_CONFIG_NAME, *parts])
+    expected = ids.get(TRAINING_CONFIG_NAME)
     if expected is None:
         return None
     bad = {part: value for part, value in ids.items() if value != expected}
@@ -642,8 +819,16 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     folder = Path(output_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
-    found = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    found = [
+        (int(p.name.split("-")[1]), p) for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.name.split("-")[1].isdigit()
+    ]
     return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoints/checkpoint-N`` folder of a run (``None`` when it has none)."""
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def check_checkpoint_pickles(checkpoint: Path, *, trusted: bool) -> list[Path]:
@@ -716,9 +901,9 @@ def find_unreadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     from safetensors import safe_open
 
     # A model folder (unet/, unet_ema/) whose config survived but whose weights did not.
-    for config in sorted(checkpoint.glob("*/config.json")):
+    for config in sorted(checkpoint.glob(f"*/{MODEL_CONFIG_NAME}")):
         if not list(config.parent.glob("*.safetensors")):
-            return config.parent / "diffusion_pytorch_model.safetensors", "missing"
+            return config.parent / MODEL_WEIGHTS_NAME, "missing"
     # Recursive (the model lives in unet/ and unet_ema/); safetensors first, as they are checked completely.
     files = sorted((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: (p.suffix != ".safetensors", p))
     for path in files:
@@ -799,7 +984,239 @@ def read_run_args(run_dir: str | os.PathLike) -> dict[str, Any]:
     Every reader of a run's settings goes through here, so that ``data_dir: ../../shared/data/ecg5000`` means the
     same folder whatever directory the reader runs from. Returns ``{}`` for a folder without a training config.
     """
-    config_file = Path(run_dir) / "training_config.json"
-    if not config_file.is_file():
+    config = RunFolder(run_dir).read_training_config(missing_ok=True)
+    return resolve_published_args(config.get("args") or {}, run_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RunFolder: the paths and typed readers/writers of one run folder
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The layout of one run folder: where each file lives, and how it is read and written.
+
+    Every module that reads or writes a run's files goes through here, so the file names and formats have one owner.
+    JSON documents are written atomically, JSON-lines histories are read tolerantly (a partial last line is dropped).
+
+    Args:
+        path (`str` or `os.PathLike`): The run folder (need not exist yet).
+
+    Example:
+
+    ```py
+    >>> run = RunFolder("runs/tiny")
+    >>> run.is_trained, run.latest_checkpoint()  # doctest: +SKIP
+    ```
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # Paths ----------------------------------------------------------------------------------------------------
+
+    @property
+    def training_config(self) -> Path:
+        return self.path / TRAINING_CONFIG_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_NAME
+
+    @property
+    def loss_history(self) -> Path:
+        return self.path / LOSS_HISTORY_NAME
+
+    @property
+    def metrics_history(self) -> Path:
+        return self.path / METRICS_HISTORY_NAME
+
+    @property
+    def train_complete(self) -> Path:
+        return self.path / TRAIN_COMPLETE_NAME
+
+    @property
+    def model_index(self) -> Path:
+        return self.path / MODEL_INDEX_NAME
+
+    @property
+    def card(self) -> Path:
+        return self.path / CARD_NAME
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES_NAME
+
+    @property
+    def unet(self) -> Path:
+        return self.path / UNET_DIR
+
+    @property
+    def scheduler(self) -> Path:
+        return self.path / SCHEDULER_DIR
+
+    @property
+    def scheduler_config(self) -> Path:
+        return self.path / SCHEDULER_DIR / SCHEDULER_CONFIG_NAME
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def budget_state(self) -> Path:
+        return self.path / BUDGET_STATE_DIR
+
+    @property
+    def gradient_profile(self) -> Path:
+        return self.path / GRADIENT_PROFILE_NAME
+
+    def checkpoint(self, step: int) -> Path:
+        """The folder of the checkpoint at optimizer step `step` (``checkpoints/checkpoint-<step>``)."""
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
+
+    # State ----------------------------------------------------------------------------------------------------
+
+    @property
+    def has_training_config(self) -> bool:
+        """Whether training ever started here (the config is the first file a run writes)."""
+        return self.training_config.is_file()
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether training finished (``train_complete.json`` exists)."""
+        return self.train_complete.is_file()
+
+    @property
+    def is_evaluated(self) -> bool:
+        """Whether the evaluation report (``metrics.json``) exists."""
+        return self.metrics.is_file()
+
+    @property
+    def has_card(self) -> bool:
+        """Whether the model card (``README.md``) exists."""
+        return self.card.is_file()
+
+    @property
+    def has_pipeline(self) -> bool:
+        """Whether a saved diffusers pipeline is here (``model_index.json`` and ``unet/``)."""
+        return self.model_index.is_file() and self.unet.is_dir()
+
+    # Readers and writers --------------------------------------------------------------------------------------
+
+    def read_training_config(self, *, missing_ok: bool = False) -> dict[str, Any]:
+        """The whole ``training_config.json`` (``args`` as published: local paths relative to the folder).
+
+        Args:
+            missing_ok (`bool`, defaults to `False`): Return ``{}`` for a folder without a config instead of raising.
+
+        Raises:
+            `FileNotFoundError`: The folder has no training config (and `missing_ok` is `False`).
+        """
+        return _read_json_file(self.training_config, missing_ok=missing_ok)
+
+    def read_scheduler_config(self) -> dict[str, Any]:
+        """The saved pipeline's ``scheduler/scheduler_config.json`` (diffusers' settings and ours)."""
+        return _read_json_file(self.scheduler_config, missing_ok=False)
+
+    def write_training_config(self, config: dict[str, Any]) -> Path:
+        """Write ``training_config.json`` atomically."""
+        return write_json_atomic(self.training_config, config)
+
+    def read_args(self) -> dict[str, Any]:
+        """The run's settings, local paths resolved against the folder ([`read_run_args`]; ``{}`` without config)."""
+        return read_run_args(self.path)
+
+    def read_metrics(self, *, missing_ok: bool = False) -> dict[str, Any]:
+        """The evaluation report ``metrics.json``.
+
+        Args:
+            missing_ok (`bool`, defaults to `False`): Return ``{}`` for a folder not evaluated instead of raising.
+
+        Raises:
+            `FileNotFoundError`: The folder has no report (and `missing_ok` is `False`).
+        """
+        return _read_json_file(self.metrics, missing_ok=missing_ok)
+
+    def write_metrics(self, report: dict[str, Any]) -> Path:
+        """Write ``metrics.json`` atomically."""
+        return write_json_atomic(self.metrics, report)
+
+    def read_train_complete(self, *, missing_ok: bool = False) -> dict[str, Any]:
+        """The marker ``train_complete.json`` (its ``global_step``, ...)."""
+        return _read_json_file(self.train_complete, missing_ok=missing_ok)
+
+    def write_train_complete(self, content: dict[str, Any]) -> Path:
+        """Write ``train_complete.json`` atomically."""
+        return write_json_atomic(self.train_complete, content)
+
+    def read_loss_history(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """The records of ``loss_history.jsonl`` (see [`read_jsonl`]: a partial last line is dropped)."""
+        return read_jsonl(self.loss_history, repair=repair)
+
+    def append_loss_record(self, record: dict[str, Any]) -> None:
+        """Append one step's record to ``loss_history.jsonl``."""
+        append_jsonl(self.loss_history, record, what="loss history")
+
+    def read_metrics_history(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """The records of ``metrics_history.jsonl`` (see [`read_jsonl`]: a partial last line is dropped)."""
+        return read_jsonl(self.metrics_history, repair=repair)
+
+    def write_metrics_history(self, records: Iterable[dict[str, Any]]) -> Path:
+        """Write ``metrics_history.jsonl`` atomically (the whole history)."""
+        return write_jsonl_atomic(self.metrics_history, records)
+
+    # Checkpoints and locks ------------------------------------------------------------------------------------
+
+    def list_checkpoints(self) -> list[Path]:
+        """The complete checkpoints, oldest first ([`list_checkpoints`])."""
+        return list_checkpoints(self.path)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (``None`` when there is none)."""
+        return latest_checkpoint(self.path)
+
+    def lock(self, *, wait: bool = False, flag: str = "--output_dir") -> contextlib.AbstractContextManager[None]:
+        """The folder's one-writer lock ([`run_lock`])."""
+        return run_lock(self.path, wait=wait, flag=flag)
+
+    def try_lock(self) -> contextlib.AbstractContextManager[bool]:
+        """The folder's lock if free ([`try_run_lock`]: yields whether it was taken)."""
+        return try_run_lock(self.path)
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, Any]:
+    """A JSON object from a file of a run, sweep or study folder (``sweep_config.json``, ``gradient_profile.json``, ...).
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        missing_ok (`bool`, defaults to `False`): Return ``{}`` for a missing file instead of raising.
+
+    Raises:
+        `FileNotFoundError`: The file is missing (and `missing_ok` is `False`).
+        `ValueError`: The file is not JSON, or holds no JSON object (the message names the file).
+    """
+    return _read_json_file(Path(path), missing_ok=missing_ok)
+
+
+def _read_json_file(path: Path, *, missing_ok: bool) -> dict[str, Any]:
+    """A JSON object from `path` (``{}`` for a missing file with `missing_ok`); a bad file raises naming it."""
+    if missing_ok and not path.is_file():
         return {}
-    return resolve_published_args(json.loads(config_file.read_text()).get("args") or {}, run_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .args import TrainingOptions
+from .data import load_training_data
 from .distributed import check_launch, process_state
-from .run_folder import launch_lock
+from .evaluation import evaluate_run
+from .features import check_feature_extractor
+from .run_folder import RunFolder, launch_lock
 from .training import TrainResult, finished_run_result, plan_run, train
 from .validation import validate_options
 
@@ -43,21 +46,18 @@ def _after_training(step: str, output_dir: Path, rerun: str) -> Iterator[None]:
 
 def evaluate_options(options: TrainingOptions, *, progress: bool = True, training_data: Any = None) -> dict[str, Any]:
     """Run :func:`~diffusers_memctl.evaluation.evaluate_run` with the evaluation settings of `options`."""
-    from .evaluation import evaluate_run, evaluation_kwargs
-
-    e = options.evaluation
     return evaluate_run(
-        options.training.output_dir,
-        **evaluation_kwargs(e),
-        progress=progress,
-        training_data=training_data,
+        options.training.output_dir, options.evaluation, progress=progress, training_data=training_data
     )
 
 
 def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tuple[TrainResult, dict[str, Any] | None]:
     """Train, then (on the main process) evaluate, write ``README.md`` and push when asked.
 
-    Resuming a finished run trains nothing: its evaluation is run only when it has none yet.
+    One pass: the options are validated once and the run folder is planned once ([`plan_run`], under the folder's
+    lock, before any data is loaded); [`train`] receives that plan, and the training data loaded for training is the
+    data the evaluation measures against. Resuming a finished run trains nothing: its evaluation is run only when it
+    has none yet.
 
     Args:
         options ([`TrainingOptions`]): Every setting of the run.
@@ -67,8 +67,6 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
         `tuple`: The [`TrainResult`] and the metric report (`None` when evaluation is off, on other processes, or
         when a finished run already had one).
     """
-    from .data import load_training_data
-
     validate_options(options)
     state = process_state()
     # A launch whose processes would not train together stops before any data is loaded.
@@ -89,14 +87,13 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
         else:
             data = load_training_data(options.data)
             if options.evaluation.feature_extractor and options.evaluation.eval_num_samples > 0:
-                from .features import check_feature_extractor
-
                 # A missing backbone should stop the job now, not after training.
                 e = options.evaluation
                 check_feature_extractor(
                     e.feature_extractor, data.modality, replication_threshold=e.replication_threshold
                 )
-            result = train(options, data=data)
+            # Validated and planned once, here: train() follows this plan under this lock.
+            result = train(options, data=data, plan=plan)
         if not state.is_main_process:
             return result, None
         try:
@@ -114,17 +111,18 @@ def run_training_job(options: TrainingOptions, *, progress: bool = True) -> tupl
 
 def _report_and_publish(options: TrainingOptions, result: TrainResult, data: Any, progress: bool) -> dict | None:
     """Evaluate, write the card, push: each after the pipeline is saved, each failing with its own rerun line."""
+    # hub (cards, pushes) sits above the runner in the layers: imported where a job reaches it.
     from .hub import write_model_card
 
     output_dir = Path(options.training.output_dir)
     # The same command again resumes the finished run: it redoes only the missing evaluation, card and push.
     again = f"the same command with --resume_from_checkpoint latest (the run folder {output_dir} is complete)"
     report = None
-    evaluated = (output_dir / "metrics.json").is_file()
+    evaluated = RunFolder(output_dir).is_evaluated
     if options.evaluation.eval_num_samples > 0 and not (result.already_finished and evaluated):
         with _after_training("evaluation", output_dir, f"memctl-evaluate {output_dir}"):
             report = evaluate_options(options, progress=progress, training_data=data)
-    if result.already_finished and evaluated and (output_dir / "README.md").is_file():
+    if result.already_finished and evaluated and RunFolder(output_dir).has_card:
         if options.hub.push_to_hub:
             # A finished run (e.g. after a push that failed offline) is pushed as it is: nothing is trained again.
             logger.info("%s holds a finished, evaluated run: pushing it as it is", output_dir)

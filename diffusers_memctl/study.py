@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from .args import SweepArguments, TrainingOptions
 from .distributed import process_state
 from .frontier import add_matched_quality_to_study
-from .run_folder import run_lock, write_json_atomic
+from .run_folder import STUDY_RESULTS_NAME, STUDY_SETTINGS_NAME, read_json, run_lock, write_json_atomic
 from .sweep import SWEEP_CONFIG_NAME, collect_results, run_sweep, shard_cells
 
 __all__ = [
@@ -44,8 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-STUDY_RESULTS_NAME = "study_results.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +185,7 @@ def export_study_results(study_dir: str | Path, dest: str | Path) -> dict[str, A
     for row in rows:
         row["run_dir"] = Path(row["run_dir"]).resolve().relative_to(study_dir).as_posix()
     Path(dest).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(dest) / "study_settings.json", study_settings(study_dir))
+    write_json_atomic(Path(dest) / STUDY_SETTINGS_NAME, study_settings(study_dir))
     return write_study_analysis(Path(dest), rows)
 
 
@@ -202,7 +199,7 @@ def study_settings(study_dir: str | Path) -> dict[str, Any]:
     differences: set[str] = set()
     groups = []
     for group_dir in sorted(p for p in Path(study_dir).glob("n*-p*") if (p / SWEEP_CONFIG_NAME).is_file()):
-        config = json.loads((group_dir / SWEEP_CONFIG_NAME).read_text())
+        config = read_json(group_dir / SWEEP_CONFIG_NAME)
         training = config.get("training", {})
         groups.append(
             {

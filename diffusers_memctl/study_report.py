@@ -24,6 +24,15 @@ from .replicates import (
     replicate_values,
     t_interval,
 )
+from .run_folder import (
+    ANALYSIS_NAME,
+    FIGURES_DIR,
+    NEAREST_NEIGHBORS_PLOT,
+    PLOTS_DIR,
+    REPORT_NAME,
+    STUDY_RESULTS_NAME,
+    write_text_atomic,
+)
 
 __all__ = [
     "MEMORIZATION_METRICS",
@@ -274,7 +283,7 @@ def plot_metric_by_size(rows: Sequence[Mapping[str, Any]], metric: str):
 def _study_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
     from .plotting import save_figure
 
-    figures_dir = out_dir / "figures"
+    figures_dir = out_dir / FIGURES_DIR
     figures: dict[str, Path] = {}
     figures["Copies vs held-out quality (Pareto)"] = save_figure(plot_pareto(rows), figures_dir / "pareto.png")
     if "nn_ratio_mean" in _present(rows, ["nn_ratio_mean"]):
@@ -487,9 +496,7 @@ def write_study_report(
         lines += [f"![{title}]({path.relative_to(out_dir).as_posix()})", ""]
     lines += _correlation_section(analysis)
     lines += _mixed_model_section(analysis)
-    path = out_dir / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(out_dir / REPORT_NAME, "\n".join(lines) + "\n")
 
 
 def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -> list[str]:
@@ -505,7 +512,7 @@ def _copy_figures(out_dir: Path, rows: Sequence[Mapping[str, Any]], late: str) -
         run = next((r for r in first if r.get("method") == method and r.get("pretrain_seed") == replicate), None)
         if run is None:
             continue
-        figure = Path(str(run["run_dir"])) / "plots" / "nearest_neighbors.png"
+        figure = Path(str(run["run_dir"])) / PLOTS_DIR / NEAREST_NEIGHBORS_PLOT
         if not figure.is_absolute():
             figure = out_dir / figure
         if figure.is_file():
@@ -695,11 +702,9 @@ def write_study_analysis(out_dir: Path, rows: Sequence[Mapping[str, Any]], *, ma
         run_dir = Path(str(row.get("run_dir", "")))
         if run_dir.is_absolute() and out_dir.resolve() in run_dir.resolve().parents:
             row["run_dir"] = run_dir.resolve().relative_to(out_dir.resolve()).as_posix()
-    write_results_csv(out_dir / "study_results.csv", rows)
+    write_results_csv(out_dir / STUDY_RESULTS_NAME, rows)
     analysis = _json_safe(study_analysis(rows))
-    tmp = out_dir / ".analysis.json.tmp"
-    tmp.write_text(json.dumps(analysis, indent=2))
-    tmp.replace(out_dir / "analysis.json")
+    write_text_atomic(out_dir / ANALYSIS_NAME, json.dumps(analysis, indent=2))
     figures = _study_figures(out_dir, rows) if make_plots else {}
     write_study_report(out_dir, rows, analysis, figures)
     return {"rows": rows, "analysis": analysis, "figures": figures}
@@ -710,7 +715,7 @@ def report_from_study_csv(results_dir: str | Path) -> dict:
     from .sweep import read_results_csv
 
     results_dir = Path(results_dir)
-    rows = read_results_csv(results_dir / "study_results.csv")
+    rows = read_results_csv(results_dir / STUDY_RESULTS_NAME)
     for row in rows:
         for key in ("train_subset_size", "pretrain_seed", "train_subset_seed"):
             if _num(row.get(key)) is not None:

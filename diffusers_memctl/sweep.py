@@ -36,14 +36,28 @@ from .args import SweepArguments, TrainingOptions, env_int
 from .distributed import process_state
 from .methods import STUDY_METHODS, apply_method, resolve_method
 from .run_folder import (
+    ANALYSIS_NAME,
+    CELLS_DIR,
+    CHECKPOINTS_DIR,
+    FIGURES_DIR,
+    LOSS_HISTORIES_DIR,
+    METRICS_NAME,
+    MODEL_INDEX_NAME,
+    PRETRAINED_DIR,
+    SWEEP_CONFIG_NAME,
+    SWEEP_RESULTS_NAME,
+    UNET_DIR,
+    RunFolder,
     RunFolderMismatchError,
     check_run_ids,
+    latest_checkpoint,
     publishable_args,
     publishable_path,
-    read_jsonl,
+    read_json,
     resolve_published_args,
     run_lock,
     try_run_lock,
+    write_csv_atomic,
     write_json_atomic,
 )
 
@@ -65,9 +79,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SWEEP_CONFIG_NAME = "sweep_config.json"
-CELLS_DIR = "cells"
-PRETRAINED_DIR = "pretrained"
 # Settings that differ between the runs of one sweep by design; every other setting must match.
 _PER_CELL_KEYS = {
     "timestep_sampling",
@@ -222,7 +233,7 @@ def shard_cells(
 
 def _is_cell_finished(run_dir: Path) -> bool:
     """A sweep cell is finished when it is evaluated and its card (written last) is there."""
-    return is_run_evaluated(run_dir) and (run_dir / "README.md").is_file()
+    return is_run_evaluated(run_dir) and RunFolder(run_dir).has_card
 
 
 def is_run_evaluated(run_dir: str | Path) -> bool:
@@ -231,18 +242,18 @@ def is_run_evaluated(run_dir: str | Path) -> bool:
     The report must carry the run id of the folder's config and weights: a ``metrics.json`` left beside another
     run's config (an interrupted overwrite) does not make a cell finished.
     """
-    path = Path(run_dir) / "metrics.json"
-    if not (Path(run_dir) / "training_config.json").is_file():
+    folder = RunFolder(run_dir)
+    if not folder.has_training_config:
         return False  # a report without its run's config belongs to a run whose overwrite was interrupted
     try:
-        report = json.loads(path.read_text())
+        report = folder.read_metrics()
     except (OSError, ValueError):
         return False
     metrics = report.get("metrics")
     if not (isinstance(metrics, dict) and bool(metrics) and report.get("schema_version") is not None):
         return False
     try:
-        check_run_ids(run_dir, ("unet", "metrics.json"), action="count as finished")
+        check_run_ids(run_dir, (UNET_DIR, METRICS_NAME), action="count as finished")
     except RunFolderMismatchError as error:
         logger.warning("%s", error)
         return False
@@ -264,7 +275,7 @@ def _shared_settings(options: TrainingOptions, sweep: SweepArguments) -> dict[st
 def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
     path = sweep_dir / SWEEP_CONFIG_NAME
     if path.is_file():
-        stored = json.loads(path.read_text())
+        stored = read_json(path)
         diffs = sorted(
             f"{group}.{key}: {stored.get(group, {}).get(key)!r} -> {value!r}"
             for group, values in settings.items()
@@ -281,7 +292,7 @@ def _check_sweep_config(sweep_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def _check_pretrained_run(path: Path) -> None:
-    if not (path / "model_index.json").is_file() or not (path / "training_config.json").is_file():
+    if not (path / MODEL_INDEX_NAME).is_file() or not RunFolder(path).has_training_config:
         raise FileNotFoundError(
             f"pretrained run {path} is not a finished diffusers-memctl run (model_index.json and "
             "training_config.json are missing); train it first or pass --pretrain_epochs"
@@ -332,7 +343,7 @@ def _pretrain_locked(options: TrainingOptions, sweep: SweepArguments, target: Pa
         pre.evaluation.eval_every_steps = sweep.pretrain_eval_every_steps
     # The budget is for fine-tunes: a pretraining stopped early would change what every method starts from.
     pre.evaluation.max_memorized_fraction = None
-    pre.training.resume_from_checkpoint = "latest" if (target / "checkpoints").is_dir() else None
+    pre.training.resume_from_checkpoint = "latest" if (target / CHECKPOINTS_DIR).is_dir() else None
     # Without a checkpoint, whatever an earlier attempt left there is started over.
     pre.training.overwrite_output_dir = True
     pre.hub.push_to_hub = False
@@ -357,7 +368,7 @@ def cell_options(options: TrainingOptions, cell: SweepCell, run_dir: Path, pretr
     cell_opts.training.seed = cell.seed
     cell_opts.training.output_dir = str(run_dir)
     cell_opts.model.pretrained_model_name_or_path = str(pretrained)
-    resumable = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
+    resumable = bool(RunFolder(run_dir).list_checkpoints())
     cell_opts.training.resume_from_checkpoint = "latest" if resumable else None
     # A folder without a checkpoint was stopped before its first save: nothing to keep but a config.
     cell_opts.training.overwrite_output_dir = not resumable
@@ -429,10 +440,9 @@ def _run_cell(
 ) -> None:
     """Train (or resume) and evaluate one cell, or only evaluate it when its training finished (cell locked)."""
     from .runner import evaluate_options, run_training_job
-    from .training import TRAIN_COMPLETE_NAME, _latest_checkpoint
 
     cell_opts = cell_options(options, cell, run_dir, pretrained)
-    if (run_dir / TRAIN_COMPLETE_NAME).is_file():
+    if RunFolder(run_dir).is_trained:
         # Training finished but the evaluation did not: only evaluate.
         logger.info("%s %s trained: evaluating", tag, cell.run_name)
         if state.is_main_process and cell_opts.evaluation.eval_num_samples > 0:
@@ -443,7 +453,7 @@ def _run_cell(
 
             write_model_card(run_dir, repo_id=cell_opts.hub.hub_model_id)
     else:
-        checkpoint = _latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
+        checkpoint = latest_checkpoint(run_dir) if cell_opts.training.resume_from_checkpoint else None
         action = f"resuming from {checkpoint.name}" if checkpoint else "training"
         logger.info("%s %s: %s", tag, cell.run_name, action)
         run_training_job(cell_opts, progress=False)
@@ -451,10 +461,9 @@ def _run_cell(
 
 def _final_loss(run_dir: Path, tail_fraction: float = 0.1) -> float | None:
     """Mean loss over the last 10% of the logged steps (one step is too noisy to compare cells)."""
-    path = run_dir / "loss_history.jsonl"
-    if not path.is_file():
+    if not RunFolder(run_dir).loss_history.is_file():
         return None
-    losses = [record["loss"] for record in read_jsonl(path)]  # a partial last line is dropped
+    losses = [record["loss"] for record in RunFolder(run_dir).read_loss_history()]  # a partial last line is dropped
     if not losses:
         return None
     tail = losses[-max(1, math.ceil(len(losses) * tail_fraction)) :]
@@ -467,8 +476,8 @@ def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     for run_dir in sorted((Path(sweep_dir) / CELLS_DIR).glob("*")):
         if not is_run_evaluated(run_dir):
             continue
-        config = json.loads((run_dir / "training_config.json").read_text())
-        report = json.loads((run_dir / "metrics.json").read_text())
+        config = RunFolder(run_dir).read_training_config()
+        report = RunFolder(run_dir).read_metrics()
         rows.append(_result_row(run_dir, config, report))
     return rows
 
@@ -511,7 +520,7 @@ def _pretrain_seed(source: str | None) -> int | None:
     if not source:
         return None
     try:
-        return int(json.loads((Path(source) / "training_config.json").read_text())["args"]["seed"])
+        return int(RunFolder(source).read_training_config()["args"]["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -528,12 +537,7 @@ def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv_atomic(path, rows, columns)
 
 
 #: Metrics drawn as heatmaps and against the interval mean / width in a sweep report.
@@ -572,7 +576,7 @@ def analyze_sweep_dir(
     if not rows:
         raise ValueError(f"no evaluated cell in {sweep_dir / CELLS_DIR}; run the sweep first")
     if num_train_timesteps is None:
-        config = json.loads((Path(rows[0]["run_dir"]) / "training_config.json").read_text())
+        config = RunFolder(rows[0]["run_dir"]).read_training_config()
         num_train_timesteps = config["sampler"]["num_train_timesteps"]
     histories = load_loss_histories([r["run_dir"] for r in rows], missing="skip") if make_plots else {}
     return write_sweep_analysis(
@@ -594,7 +598,7 @@ def write_sweep_analysis(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_csv(out_dir / "sweep_results.csv", rows)
+    write_results_csv(out_dir / SWEEP_RESULTS_NAME, rows)
     analysis = analyze_sweep(rows)
     # Every run of a sweep fine-tunes one pretrained model: its seeds are not independent replicates. Cell means
     # (seeds averaged) are the honest unit for one pretraining; the run-level numbers above are kept for comparison.
@@ -606,7 +610,7 @@ def write_sweep_analysis(
     )
     if histories:
         analysis["timestep_bin_losses"] = timestep_bin_losses(histories, rows)
-    write_json_atomic(out_dir / "analysis.json", analysis)
+    write_json_atomic(out_dir / ANALYSIS_NAME, analysis)
     figures = (
         _sweep_figures(out_dir, rows, histories or {}, analysis.get("timestep_bin_losses", []), num_train_timesteps)
         if make_plots
@@ -651,14 +655,14 @@ def export_sweep_results(sweep_dir: str | Path, dest: str | Path) -> dict[str, A
     rows = collect_results(sweep_dir)
     if not rows:
         raise ValueError(f"no evaluated cell in {sweep_dir / CELLS_DIR}; run the sweep first")
-    config = json.loads((Path(rows[0]["run_dir"]) / "training_config.json").read_text())
-    (dest / "loss_histories").mkdir(parents=True, exist_ok=True)
+    config = RunFolder(rows[0]["run_dir"]).read_training_config()
+    (dest / LOSS_HISTORIES_DIR).mkdir(parents=True, exist_ok=True)
     histories = load_loss_histories([r["run_dir"] for r in rows], missing="skip")
     exported_histories = {}
     for row in rows:
         name = Path(row["run_dir"]).name
         if row["run_dir"] in histories:
-            path = write_compact_history(dest / "loss_histories" / f"{name}.jsonl.gz", histories[row["run_dir"]])
+            path = write_compact_history(dest / LOSS_HISTORIES_DIR / f"{name}.jsonl.gz", histories[row["run_dir"]])
             # The report is built from what was written, so that rebuilding it from the folder gives the same bytes.
             exported_histories[name] = read_compact_history(path)
         row["run_dir"] = name
@@ -705,9 +709,9 @@ def read_compact_history(path: Path) -> list[dict[str, Any]]:
 def report_from_results(results_dir: str | Path, *, num_train_timesteps: int = 1000) -> dict[str, Any]:
     """Regenerate ``analysis.json``, figures and ``REPORT.md`` from an exported ``sweep_results.csv``."""
     results_dir = Path(results_dir)
-    rows = read_results_csv(results_dir / "sweep_results.csv")
+    rows = read_results_csv(results_dir / SWEEP_RESULTS_NAME)
     histories = {}
-    for path in sorted((results_dir / "loss_histories").glob("*.jsonl*")):
+    for path in sorted((results_dir / LOSS_HISTORIES_DIR).glob("*.jsonl*")):
         histories[path.name.split(".jsonl")[0]] = read_compact_history(path)
     return write_sweep_analysis(results_dir, rows, histories, num_train_timesteps=num_train_timesteps)
 
@@ -727,13 +731,8 @@ def _sweep_figures(
     )
     from .timestep_sampling import ci_normal_timestep_probs
 
-    out = sweep_dir / "figures"
-    T = (
-        num_train_timesteps
-        or json.loads((Path(rows[0]["run_dir"]) / "training_config.json").read_text())["sampler"][
-            "num_train_timesteps"
-        ]
-    )
+    out = sweep_dir / FIGURES_DIR
+    T = num_train_timesteps or RunFolder(rows[0]["run_dir"]).read_training_config()["sampler"]["num_train_timesteps"]
     ci_rows = [r for r in rows if r["timestep_sampling"] == "ci_normal"]
     figures: dict[str, Path] = {}
     if ci_rows:

@@ -45,27 +45,47 @@ from .evaluation import evaluate_model
 from .loss_weighting import compute_loss_weights, training_timestep_sampler
 from .pipelines import REMOTE_PIPELINE_FILE, write_remote_code
 from .run_folder import (
+    CARD_NAME,
     CHECKPOINTS_DIR,
+    EMA_STATE_NAME,
+    LOGS_DIR,
+    LOSS_HISTORY_NAME,
+    METRICS_NAME,
+    MODEL_CONFIG_NAME,
+    MODEL_INDEX_NAME,
+    MODEL_WEIGHTS_NAME,
+    PLOTS_DIR,
+    SAMPLER_STATE_NAME,
+    SAMPLES_NAME,
+    SCHEDULER_DIR,
+    TRAIN_COMPLETE_NAME,
+    TRAINING_CONFIG_NAME,
+    UNET_DIR,
+    UNET_EMA_DIR,
     CheckpointError,
     DiskFullError,
+    RunFolder,
     apply_umask,
     check_checkpoint_pickles,
     disk_full_guard,
     find_unreadable_file,
+    latest_checkpoint,
     launch_lock,
     list_checkpoints,
     load_state_file,
     new_run_id,
+    partial_folder,
     publishable_args,
     publishable_path,
     read_jsonl,
     recover_interrupted_swaps,
+    replace_folder,
     save_state_file,
     staging_folder,
     stamp_weights_run_id,
     swap_in,
     write_json_atomic,
-    write_text_atomic,
+    write_jsonl_atomic,
 )
 from .scheduling_memctl import MEMCTL_CONFIG_DEFAULTS, MemCtlDDPMScheduler
 from .tracking import log_sample_grid, sample_grid, tracker_init_kwargs
@@ -86,13 +106,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRAINING_CONFIG_NAME = "training_config.json"
-LOSS_HISTORY_NAME = "loss_history.jsonl"
-TRAIN_COMPLETE_NAME = "train_complete.json"
 #: A checkpoint holds the model as diffusers folders, as diffusers' train_unconditional.py writes them:
 #: ``unet/`` (the trained weights) and, with EMA, ``unet_ema/`` (the averaged weights, the EMA state in its config).
-CHECKPOINT_UNET_DIR = "unet"
-CHECKPOINT_EMA_DIR = "unet_ema"
+CHECKPOINT_UNET_DIR = UNET_DIR
+CHECKPOINT_EMA_DIR = UNET_EMA_DIR
 #: `EMAModel.state_dict` entries kept in ``unet_ema/config.json`` (`EMAModel.save_pretrained`'s format).
 EMA_CONFIG_KEYS = (
     "decay",
@@ -103,10 +120,6 @@ EMA_CONFIG_KEYS = (
     "inv_gamma",
     "power",
 )
-#: Checkpoint files of the state accelerate would pickle: safetensors tensors + JSON metadata instead
-#: (``ema.safetensors``: EMA of checkpoints written before ``unet_ema/``; read only).
-EMA_STATE_NAME = "ema.safetensors"
-SAMPLER_STATE_NAME = "sampler_state.safetensors"
 NUM_LOSS_BINS = 10
 SCHEMA_VERSION = 1
 
@@ -163,8 +176,8 @@ def epoch_batches(
 
 
 def _find_unet_folder(path: Path) -> Path:
-    if (path / "model_index.json").is_file() and (path / "unet").is_dir():
-        return path / "unet"
+    if RunFolder(path).has_pipeline:
+        return path / UNET_DIR
     return path
 
 
@@ -231,7 +244,7 @@ def _model_from_config(model_cls: Any, options: TrainingOptions, data: TrainingD
             config = model_cls.load_config(str(path))
         else:
             try:  # a pipeline repository keeps its UNet config in the "unet" subfolder
-                config = model_cls.load_config(source, subfolder="unet", cache_dir=options.data.cache_dir)
+                config = model_cls.load_config(source, subfolder=UNET_DIR, cache_dir=options.data.cache_dir)
             except OSError:
                 config = model_cls.load_config(source, cache_dir=options.data.cache_dir)
     except (OSError, ValueError) as error:
@@ -258,12 +271,12 @@ def _load_pretrained(model_cls: Any, source: str, options: TrainingOptions) -> t
         model = model_cls.from_pretrained(_find_unet_folder(path))
         # diffusers records the local folder in `_name_or_path`; every config saved from here on (checkpoints'
         # `unet/`, `unet_ema/` included) names it relative to the run's `unet/`, as `save_pipeline` does.
-        unet_dir = Path(options.training.output_dir) / "unet"
+        unet_dir = Path(options.training.output_dir) / UNET_DIR
         model.register_to_config(_name_or_path=publishable_path(str(_find_unet_folder(path)), unet_dir))
         return model
     # A Hub id: a pipeline repository keeps its UNet in the "unet" subfolder.
     try:
-        return model_cls.from_pretrained(source, subfolder="unet", cache_dir=options.data.cache_dir)
+        return model_cls.from_pretrained(source, subfolder=UNET_DIR, cache_dir=options.data.cache_dir)
     except OSError:
         return model_cls.from_pretrained(source, cache_dir=options.data.cache_dir)
 
@@ -272,7 +285,7 @@ def _pretrained_scheduler_config(source: str | None) -> dict[str, Any]:
     if not source:
         return {}
     path = Path(source).expanduser()
-    candidates = [path / "scheduler" / "scheduler_config.json", path.parent / "scheduler" / "scheduler_config.json"]
+    candidates = [RunFolder(path).scheduler_config, RunFolder(path.parent).scheduler_config]
     for candidate in candidates:
         if candidate.is_file():
             return json.loads(candidate.read_text())
@@ -351,16 +364,16 @@ def save_pipeline(
     # absolute path (a Hub id stays as it is).
     source = model.config.get("_name_or_path")
     if source:
-        model.register_to_config(_name_or_path=publishable_path(str(source), (published_dir or output_dir) / "unet"))
+        model.register_to_config(_name_or_path=publishable_path(str(source), (published_dir or output_dir) / UNET_DIR))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     if modality == "signal":
         write_remote_code(output_dir)
-    config_path = output_dir / "scheduler" / "scheduler_config.json"
+    config_path = RunFolder(output_dir).scheduler_config
     config = json.loads(config_path.read_text())
     config.update(scheduler.memctl_config())
     write_json_atomic(config_path, config)
     # safetensors writes 0600 files whatever the umask; a published model must be readable like any other file.
-    apply_umask(output_dir / "model_index.json", output_dir / "unet", output_dir / "scheduler")
+    apply_umask(output_dir / MODEL_INDEX_NAME, output_dir / UNET_DIR, output_dir / SCHEDULER_DIR)
 
 
 def _versions() -> dict[str, str]:
@@ -402,9 +415,8 @@ def build_training_config(
     return config
 
 
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+#: Kept for callers of the former private name; use `run_folder.latest_checkpoint`.
+_latest_checkpoint = latest_checkpoint
 
 
 def _prune_checkpoints(output_dir: Path, limit: int | None) -> None:
@@ -433,7 +445,7 @@ def _truncate_loss_history(path: Path, last_step: int) -> None:
         return
     # A partial last line (an append cut by a kill or a full disk) is dropped, not a reason to refuse the resume.
     kept = [record for record in read_jsonl(path) if record["step"] <= last_step]
-    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
+    write_jsonl_atomic(path, kept)
 
 
 def regression_target(
@@ -471,7 +483,7 @@ class RunPlan:
 
 
 def _run_markers(output_dir: Path) -> list[str]:
-    names = (TRAINING_CONFIG_NAME, "model_index.json", CHECKPOINTS_DIR, LOSS_HISTORY_NAME, TRAIN_COMPLETE_NAME)
+    names = (TRAINING_CONFIG_NAME, MODEL_INDEX_NAME, CHECKPOINTS_DIR, LOSS_HISTORY_NAME, TRAIN_COMPLETE_NAME)
     return [name for name in names if (output_dir / name).exists()]
 
 
@@ -508,7 +520,7 @@ def plan_run(
     if resume:
         if (output_dir / TRAIN_COMPLETE_NAME).is_file() and not overwrite:
             return _plan_finished_run(output_dir, resume, max_train_steps, num_epochs)
-        checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+        checkpoint = latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
         if checkpoint is not None and not checkpoint.is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         if checkpoint is not None:
@@ -529,16 +541,15 @@ def plan_run(
 
 def _plan_finished_run(output_dir: Path, resume: str, max_train_steps: int | None, num_epochs: int | None) -> RunPlan:
     """A finished run: ``"extend"`` when more steps are asked for than it trained, else ``"finished"``."""
-    finished = int(json.loads((output_dir / TRAIN_COMPLETE_NAME).read_text()).get("global_step", 0))
+    finished = int(RunFolder(output_dir).read_train_complete().get("global_step", 0))
     requested = max_train_steps
     if requested is None and num_epochs:
-        config_path = output_dir / TRAINING_CONFIG_NAME
-        layout = json.loads(config_path.read_text()).get("process_layout", {}) if config_path.is_file() else {}
+        layout = RunFolder(output_dir).read_training_config(missing_ok=True).get("process_layout", {})
         if layout.get("steps_per_epoch"):
             requested = num_epochs * int(layout["steps_per_epoch"])
     if requested is None or requested <= finished:
         return RunPlan("finished")
-    checkpoint = _latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
+    checkpoint = latest_checkpoint(output_dir) if resume == "latest" else Path(resume)
     if checkpoint is None:
         raise ValueError(
             f"cannot extend {output_dir} from {finished} to {requested} steps: it holds no checkpoint (it was trained "
@@ -551,7 +562,7 @@ def _plan_finished_run(output_dir: Path, resume: str, max_train_steps: int | Non
 
 def finished_run_result(output_dir: Path) -> TrainResult:
     """The [`TrainResult`] recorded in ``train_complete.json`` of a finished run (resuming it is a no-op)."""
-    record = json.loads((Path(output_dir) / TRAIN_COMPLETE_NAME).read_text())
+    record = RunFolder(output_dir).read_train_complete()
     logger.warning(
         "%s holds a finished run (%s steps, %s): nothing to resume. Pass --overwrite_output_dir to train it again.",
         output_dir,
@@ -568,12 +579,17 @@ def finished_run_result(output_dir: Path) -> TrainResult:
 
 
 @contextlib.contextmanager
-def _locked_plan(accelerator: Any, options: TrainingOptions):
+def _locked_plan(accelerator: Any, options: TrainingOptions, plan: RunPlan | None = None):
     """Hold the run folder's lock (main process) for the whole run and yield the [`RunPlan`] every process follows.
 
     Every process plans from the folder as it is before anything is written (the lock keeps other launches out, and
-    this launch writes only after the plan), so all processes reach the same plan, or raise the same error.
+    this launch writes only after the plan), so all processes reach the same plan, or raise the same error. A `plan`
+    given by the caller was made that way under the lock the caller still holds: it is only waited on.
     """
+    if plan is not None:
+        accelerator.wait_for_everyone()  # every process has its plan before the main process writes
+        yield plan
+        return
     t_args = options.training
     output_dir = Path(t_args.output_dir)
     with launch_lock(output_dir, is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes):
@@ -649,18 +665,18 @@ RUN_ARTEFACTS = (
     TRAINING_CONFIG_NAME,
     TRAIN_COMPLETE_NAME,
     CHECKPOINTS_DIR,  # early: a resume must never continue the old run's checkpoints under a new config
-    "metrics.json",
-    "README.md",
-    "model_index.json",
-    "unet",
-    "scheduler",
+    METRICS_NAME,
+    CARD_NAME,
+    MODEL_INDEX_NAME,
+    UNET_DIR,
+    SCHEDULER_DIR,
     REMOTE_PIPELINE_FILE,
     LOSS_HISTORY_NAME,
     HISTORY_NAME,
     BUDGET_STATE_DIR,
-    "samples.npz",
-    "plots",
-    "logs",
+    SAMPLES_NAME,
+    PLOTS_DIR,
+    LOGS_DIR,
 )
 
 
@@ -677,7 +693,7 @@ def _run_id_for(output_dir: Path, plan: RunPlan) -> str:
     """A resumed run keeps its run id (the one in its config); a new run, or one started over, gets a new one."""
     if plan.action in ("resume", "extend"):
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            run_id = json.loads((output_dir / TRAINING_CONFIG_NAME).read_text()).get("run_id")
+            run_id = RunFolder(output_dir).read_training_config().get("run_id")
             if run_id:
                 return run_id
     return new_run_id()
@@ -696,18 +712,17 @@ def _prepare_output_dir(accelerator: Any, output_dir: Path, plan: RunPlan, train
         if plan.action in ("resume", "extend") and (output_dir / TRAIN_COMPLETE_NAME).is_file():
             # Resuming a finished run with --overwrite_output_dir trains its last steps again, and an extension
             # trains more: its report is stale.
-            for name in (TRAIN_COMPLETE_NAME, "metrics.json"):
+            for name in (TRAIN_COMPLETE_NAME, METRICS_NAME):
                 (output_dir / name).unlink(missing_ok=True)
         if plan.action in ("resume", "extend"):
             training_config = _with_extensions(output_dir, plan, training_config)
-        write_json_atomic(output_dir / TRAINING_CONFIG_NAME, training_config)
+        RunFolder(output_dir).write_training_config(training_config)
     accelerator.wait_for_everyone()
 
 
 def _with_extensions(output_dir: Path, plan: RunPlan, training_config: dict) -> dict:
     """`training_config` with the run's ``extensions`` (kept across resumes), plus this one when it extends."""
-    path = output_dir / TRAINING_CONFIG_NAME
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = RunFolder(output_dir).read_training_config(missing_ok=True)
     extensions = list(previous.get("extensions", []))
     if plan.action == "extend":
         extensions.append(
@@ -831,7 +846,7 @@ def _averaged_parameters(model: torch.nn.Module, folder: Path, device: torch.dev
 
     Read as a plain state dict: ``from_pretrained`` would warn that the EMA keys of the config are no model settings.
     """
-    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights = folder / MODEL_WEIGHTS_NAME
     if weights.is_file():
         state = load_safetensors(weights)
         return [state[name].to(device) for name, _ in model.named_parameters()]
@@ -847,7 +862,7 @@ def _load_extra_state(run: _Run, checkpoint: Path) -> None:
     if run.ema is not None:
         ema_dir, legacy = checkpoint / CHECKPOINT_EMA_DIR, checkpoint / EMA_STATE_NAME
         if ema_dir.is_dir():
-            config = json.loads((ema_dir / "config.json").read_text())
+            config = json.loads((ema_dir / MODEL_CONFIG_NAME).read_text())
             state = {key: config[key] for key in EMA_CONFIG_KEYS}
             state["shadow_params"] = _averaged_parameters(unwrapped, ema_dir, run.accelerator.device)
         elif legacy.is_file():
@@ -975,9 +990,7 @@ def _end_of_step(run: _Run, epoch: int, progress: Any) -> None:
             ],
             "bin_counts": run.bin_counts.tolist(),
         }
-        history = run.output_dir / LOSS_HISTORY_NAME
-        with disk_full_guard(history, "loss history"), open(history, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        RunFolder(run.output_dir).append_loss_record(record)
         progress.set_postfix(loss=f"{run.last_loss:.4f}", step=run.global_step)
         if t_args.logger != "none" and run.global_step % max(t_args.logging_steps, 1) == 0:
             logs = {"loss": run.last_loss, "lr": record["lr"]}
@@ -1067,21 +1080,20 @@ def _keep_for_budget(run: _Run, fraction: float) -> bool:
 def _save_budget_state(run: _Run, unwrapped: torch.nn.Module) -> None:
     """The pipeline as evaluated now, into ``budget_state/`` (written under a hidden name, then renamed)."""
     target = run.output_dir / BUDGET_STATE_DIR
-    partial = target.with_name(f".{BUDGET_STATE_DIR}.partial")
+    partial = partial_folder(target)
     shutil.rmtree(partial, ignore_errors=True)
     with disk_full_guard(partial, "memorization-budget state", kept="the previous state is kept"):
         save_pipeline(unwrapped, run.scheduler, partial, run.data.modality, published_dir=run.output_dir)
         if run.run_id:
             # Restored as the run's pipeline when the budget stops training: it must carry this run's id.
-            stamp_weights_run_id(partial / "unet", run.run_id)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+            stamp_weights_run_id(partial / UNET_DIR, run.run_id)
+    replace_folder(partial, target)
 
 
 def _restore_budget_state(run: _Run) -> None:
     """Make the kept state the run's pipeline (a budget stop saves it instead of the last step's weights)."""
     source = run.output_dir / BUDGET_STATE_DIR
-    for name in ("model_index.json", "unet", "scheduler"):
+    for name in (MODEL_INDEX_NAME, UNET_DIR, SCHEDULER_DIR):
         target = run.output_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         (shutil.copytree if (source / name).is_dir() else shutil.copy2)(source / name, target)
@@ -1090,10 +1102,10 @@ def _restore_budget_state(run: _Run) -> None:
 def _record_budget(run: _Run) -> dict[str, Any]:
     """The budget's outcome into ``training_config.json`` (read by the evaluation, the card and the history)."""
     outcome = run.budget.to_dict()
-    path = run.output_dir / TRAINING_CONFIG_NAME
-    config = json.loads(path.read_text())
+    folder = RunFolder(run.output_dir)
+    config = folder.read_training_config()
     config[BUDGET_KEY] = outcome
-    write_json_atomic(path, config)
+    folder.write_training_config(config)
     logger.info("memorization budget: %s", outcome["message"])
     return outcome
 
@@ -1165,7 +1177,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
     accelerator = run.accelerator
     result = TrainResult(run.output_dir, run.global_step, run.last_loss, train_seconds)
     every = run.options.training.checkpointing_steps
-    last = run.output_dir / CHECKPOINTS_DIR / f"checkpoint-{run.global_step}"
+    last = RunFolder(run.output_dir).checkpoint(run.global_step)
     if every and run.global_step % every and not last.is_dir():
         # The state at the last step, so that a larger --max_train_steps extends the run exactly from there.
         _save_checkpoint(run)
@@ -1180,7 +1192,7 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
                 run.budget.saved_step = run.global_step
             complete[BUDGET_KEY] = _record_budget(run)
         # Written last: its presence tells sweeps that this run finished training.
-        write_json_atomic(run.output_dir / TRAIN_COMPLETE_NAME, complete)
+        RunFolder(run.output_dir).write_train_complete(complete)
         shutil.rmtree(run.output_dir / BUDGET_STATE_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     # Trackers are closed, but the process group is left alive: `end_training()` would destroy it, which breaks the
@@ -1196,7 +1208,13 @@ def _finish(run: _Run, train_seconds: float) -> TrainResult:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def train(options: TrainingOptions, *, data: TrainingData | None = None, accelerator: Any = None) -> TrainResult:
+def train(
+    options: TrainingOptions,
+    *,
+    data: TrainingData | None = None,
+    accelerator: Any = None,
+    plan: RunPlan | None = None,
+) -> TrainResult:
     """Train (or fine-tune) a diffusion model with the configured timestep sampler.
 
     The run folder is locked for the whole run (a second writer fails at once with [`RunFolderBusyError`]); what
@@ -1206,15 +1224,19 @@ def train(options: TrainingOptions, *, data: TrainingData | None = None, acceler
         options ([`TrainingOptions`]): Every setting of the run (see `diffusers_memctl.args`).
         data ([`TrainingData`], *optional*): Preloaded data (default: loaded from ``options.data``).
         accelerator (`accelerate.Accelerator`, *optional*): An existing accelerator (default: created here).
+        plan ([`RunPlan`], *optional*): The plan of a caller that validated `options` and planned the folder under
+            its launch lock, which it still holds ([`~diffusers_memctl.runner.run_training_job`]): neither is done
+            again. Default: `options` are validated and the folder is locked and planned here.
 
     Returns:
         [`TrainResult`]
     """
-    validate_options(options)
+    if plan is None:
+        validate_options(options)
     if accelerator is None:
         accelerator = _create_accelerator(options)
     check_launch(accelerator.num_processes)
-    with _locked_plan(accelerator, options) as plan:
+    with _locked_plan(accelerator, options, plan) as plan:
         if plan.action == "finished":
             return finished_run_result(Path(options.training.output_dir))
         if plan.action == "new" and options.training.resume_from_checkpoint:
@@ -1292,7 +1314,7 @@ def _save_extra_state(run: _Run, folder: Path) -> None:
             unwrapped.save_pretrained(folder / CHECKPOINT_EMA_DIR, safe_serialization=True)
         finally:
             run.ema.restore(unwrapped.parameters())
-        config_path = folder / CHECKPOINT_EMA_DIR / "config.json"
+        config_path = folder / CHECKPOINT_EMA_DIR / MODEL_CONFIG_NAME
         state = run.ema.state_dict()
         config = json.loads(config_path.read_text())
         write_json_atomic(config_path, {**config, **{key: state[key] for key in EMA_CONFIG_KEYS}})
@@ -1301,7 +1323,7 @@ def _save_extra_state(run: _Run, folder: Path) -> None:
 
 def _kept_checkpoint_note(run: _Run) -> str:
     """What a diverged run leaves to resume from, said truthfully (there may be no checkpoint at all)."""
-    latest = _latest_checkpoint(run.output_dir)
+    latest = latest_checkpoint(run.output_dir)
     if latest is None:
         return f"no checkpoint was written (none in {run.output_dir / CHECKPOINTS_DIR})"
     step = int(latest.name.split("-")[1])
@@ -1339,14 +1361,14 @@ def _save_checkpoint(run: _Run) -> None:
             f"the weights became non-finite at step {run.global_step} ({bad}), so checkpoint-{run.global_step} was "
             f"not written; {_kept_checkpoint_note(run)}. Lower --learning_rate or use --mixed_precision no."
         )
-    path = output_dir / CHECKPOINTS_DIR / f"checkpoint-{run.global_step}"
+    path = RunFolder(output_dir).checkpoint(run.global_step)
     # A run killed while saving must not leave a half-written checkpoint-N that --resume_from_checkpoint latest (or a
     # sweep, or a Hub push) would pick up.
-    partial = path.with_name(f".{path.name}.partial")
+    partial = partial_folder(path)
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    previous = _latest_checkpoint(output_dir)
+    previous = latest_checkpoint(output_dir)
     kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
     try:
         with disk_full_guard(partial, "checkpoint", kept=kept):
@@ -1359,8 +1381,7 @@ def _save_checkpoint(run: _Run) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         apply_umask(partial)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(partial, path)
+        replace_folder(partial, path)
         _prune_checkpoints(output_dir, run.options.training.checkpoints_total_limit)
 
 
@@ -1373,7 +1394,7 @@ def _unwrapped_with_ema(accelerator: Any, model: torch.nn.Module, ema: Any):
 
 
 #: The files of a saved pipeline, replaced as one group (model_index.json last: loaders look for it first).
-PIPELINE_FILES = ("unet", "scheduler", REMOTE_PIPELINE_FILE, "model_index.json")
+PIPELINE_FILES = (UNET_DIR, SCHEDULER_DIR, REMOTE_PIPELINE_FILE, MODEL_INDEX_NAME)
 
 
 def _save_final(
@@ -1385,15 +1406,15 @@ def _save_final(
     """
     unwrapped = _unwrapped_with_ema(accelerator, model, ema)
     staging = staging_folder(output_dir, "pipeline")
-    kept = "the previous weights are kept" if (output_dir / "unet").is_dir() else "no weights were saved"
+    kept = "the previous weights are kept" if (output_dir / UNET_DIR).is_dir() else "no weights were saved"
     try:
         if next(unwrapped.parameters()).is_contiguous(memory_format=torch.contiguous_format) is False:
             unwrapped = unwrapped.to(memory_format=torch.contiguous_format)
-        with disk_full_guard(output_dir / "unet", "pipeline (model_index.json, unet/, scheduler/)", kept=kept):
+        with disk_full_guard(output_dir / UNET_DIR, "pipeline (model_index.json, unet/, scheduler/)", kept=kept):
             save_pipeline(unwrapped, scheduler, staging, modality, published_dir=output_dir)
             if run_id:
-                stamp_weights_run_id(staging / "unet", run_id)
-        swap_in(staging, output_dir, PIPELINE_FILES, last="model_index.json")
+                stamp_weights_run_id(staging / UNET_DIR, run_id)
+        swap_in(staging, output_dir, PIPELINE_FILES, last=MODEL_INDEX_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if ema is not None:
@@ -1434,7 +1455,7 @@ def _save_preview(
             )
         else:
             figure = plot_signal_overlay(generated.numpy(), data.samples[:200].numpy())
-        path = save_figure(figure, output_dir / "plots" / f"samples_epoch_{epoch + 1:04d}.png")
+        path = save_figure(figure, output_dir / PLOTS_DIR / f"samples_epoch_{epoch + 1:04d}.png")
         if accelerator.trackers:
             # Images: the generated samples alone, as diffusers' train_unconditional.py logs them; signals: the plot.
             grid = sample_grid(generated) if data.modality == "image" else np.asarray(Image.open(path).convert("RGB"))

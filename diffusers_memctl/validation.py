@@ -15,6 +15,7 @@ from typing import Any
 
 from .args import TrainingOptions
 from .resources import check_fits_in_memory
+from .run_folder import MODEL_CONFIG_NAME, UNET_DIR, RunFolder
 from .tracking import check_tracker_installed
 
 __all__ = ["validate_options"]
@@ -110,7 +111,7 @@ def _validate_pretrained_folder(source: str | None) -> None:
         return  # a Hub id (or a missing folder, which the Hub lookup reports)
     if not path.is_dir():
         raise ValueError(f"--pretrained_model_name_or_path {source} is a file; give a run folder or a UNet folder")
-    if not ((path / "unet" / "config.json").is_file() or (path / "config.json").is_file()):
+    if not ((path / UNET_DIR / MODEL_CONFIG_NAME).is_file() or (path / MODEL_CONFIG_NAME).is_file()):
         raise FileNotFoundError(
             f"--pretrained_model_name_or_path {source} holds no diffusers model (neither unet/config.json nor "
             "config.json); give the output_dir of a finished run or a UNet folder"
@@ -175,10 +176,7 @@ def _num_train_timesteps(options: TrainingOptions) -> int:
     source = options.model.pretrained_model_name_or_path
     if source:
         path = Path(source).expanduser()
-        for candidate in (
-            path / "scheduler" / "scheduler_config.json",
-            path.parent / "scheduler" / "scheduler_config.json",
-        ):
+        for candidate in (RunFolder(path).scheduler_config, RunFolder(path.parent).scheduler_config):
             if candidate.is_file():
                 try:
                     return int(json.loads(candidate.read_text())["num_train_timesteps"])

@@ -17,12 +17,13 @@ from huggingface_hub import hf_hub_download, metadata_load
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from diffusers_memctl.args import DataArguments
+from diffusers_memctl.args import DataArguments, EvaluationArguments
 from diffusers_memctl.cli import train as train_cli
 from diffusers_memctl.data import TrainingData, load_training_data
 from diffusers_memctl.evaluation import (
     METRICS_SCHEMA_VERSION,
     evaluate_run,
+    evaluation_settings,
     generate_samples,
     load_run_pipeline,
 )
@@ -188,6 +189,26 @@ def test_evaluate_run_with_ddpm_sampling_records_it(signal_run):
     assert "plots_s" not in report["timings"] and not (signal_run / "plots").exists()
     with np.load(signal_run / "samples.npz") as archive:
         assert archive["samples"].shape == (2, 1, 140)
+
+
+def test_evaluate_run_takes_one_settings_object_and_overrides_by_field_or_former_name(signal_run):
+    settings = EvaluationArguments(eval_num_samples=3, num_inference_steps=2, eval_seed=4, js_bins=7)
+    report = evaluate_run(signal_run, settings, eval_num_samples=2, batch_size=1, make_plots=False, progress=False)
+    assert (report["num_samples"], report["seed"]) == (2, 4)
+    assert report["settings"]["batch_size"] == 1 and report["settings"]["js_bins"] == 7
+    assert report["settings"]["num_inference_steps"] == 2
+    assert settings.eval_num_samples == 3  # the caller's object is not changed
+
+
+def test_evaluation_settings_defaults_match_the_flags_and_unknown_names_fail_in_one_line():
+    assert evaluation_settings() == EvaluationArguments()
+    assert evaluation_settings(num_samples=7, seed=2, sampler="ddpm", mixed_precision="bf16", batch_size=3) == (
+        EvaluationArguments(
+            eval_num_samples=7, eval_seed=2, eval_sampler="ddpm", eval_mixed_precision="bf16", eval_batch_size=3
+        )
+    )
+    with pytest.raises(TypeError, match="unknown evaluation setting 'num_sample'; valid names: .*eval_num_samples"):
+        evaluate_run("no/such/run", num_sample=2)
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------

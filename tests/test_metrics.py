@@ -10,9 +10,10 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from diffusers_memctl import brute_force, metrics
 from diffusers_memctl.metrics import (
+    brute_force,
     compute_metrics,
+    distribution,
     evaluate_module_path,
     frechet_distance,
     js_distance,
@@ -303,7 +304,7 @@ def test_pca_lanczos_path_equals_dense_path(monkeypatch, n_train, dim):
     train = rng.standard_normal((n_train, dim)) * np.linspace(4.0, 0.1, dim)
     gen = rng.standard_normal((10, dim))
     dense = pca_project(gen, train, n_components=2)
-    monkeypatch.setattr(metrics, "_PCA_DENSE_MAX", 4)
+    monkeypatch.setattr(distribution, "_PCA_DENSE_MAX", 4)
     lanczos = pca_project(gen, train, n_components=2)
     for ours, ref in zip(lanczos, dense):
         np.testing.assert_allclose(ours, ref, atol=1e-9)

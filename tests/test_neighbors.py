@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
-from diffusers_memctl import metrics, neighbors
-from diffusers_memctl.brute_force import brute_force_neighbors
-from diffusers_memctl.neighbors import NeighborIndex, clear_neighbor_cache, nearest_neighbors
+from diffusers_memctl import metrics
+from diffusers_memctl.metrics import neighbors
+from diffusers_memctl.metrics.brute_force import brute_force_neighbors
+from diffusers_memctl.metrics.neighbors import NeighborIndex, clear_neighbor_cache, nearest_neighbors
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

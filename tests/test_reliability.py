@@ -497,11 +497,13 @@ def test_every_flag_is_checked_before_data_or_folders_even_in_a_dry_run(
     tmp_path, monkeypatch, flags, message, dry_run
 ):
     import diffusers_memctl.data as data
+    import diffusers_memctl.runner as runner
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the flags were checked")
 
     monkeypatch.setattr(data, "load_training_data", no_data)
+    monkeypatch.setattr(runner, "load_training_data", no_data)  # the job's own reference to it
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=message.replace("(", r"\(")) as info:
         main(_argv(run, *flags, *(["--dry_run"] if dry_run else [])))
@@ -623,7 +625,7 @@ def test_1_a_partial_last_line_of_the_loss_history_never_blocks_resume(tmp_path,
     """The finding: a full disk while appending left `{"step": 3, "epo`; resume failed with `Expecting ','`."""
     import builtins
 
-    import diffusers_memctl.training as training
+    import diffusers_memctl.run_folder as run_folder
 
     def open_until_step_5(path, mode="r", *args, **kwargs):
         handle = builtins.open(path, mode, *args, **kwargs)
@@ -632,7 +634,8 @@ def test_1_a_partial_last_line_of_the_loss_history_never_blocks_resume(tmp_path,
         return handle
 
     run = tmp_path / "run"
-    monkeypatch.setattr(training, "open", open_until_step_5, raising=False)
+    # The loss history is appended by run_folder (RunFolder.append_loss_record).
+    monkeypatch.setattr(run_folder, "open", open_until_step_5, raising=False)
     with pytest.raises(DiskFullError, match="loss history"):
         main(_argv(run, steps=6))
     monkeypatch.undo()
@@ -679,7 +682,8 @@ def test_3_a_killed_overwrite_never_leaves_a_folder_mixing_two_runs(finished_run
     shutil.copytree(run / "unet", old_unet)
     argv = _argv(run, "--overwrite_output_dir", "--seed", "1")
     call = "from diffusers_memctl.cli.train import main; main(sys.argv[1:])"
-    _run_killed_after(tmp_path, "diffusers_memctl.training", "write_json_atomic", "training_config.json", call, argv)
+    # The config is written by run_folder (RunFolder.write_training_config -> write_json_atomic).
+    _run_killed_after(tmp_path, "diffusers_memctl.run_folder", "write_json_atomic", "training_config.json", call, argv)
     config = json.loads((run / "training_config.json").read_text())
     assert config["args"]["seed"] == 1  # killed with the new run's config in place ...
     left = {p.name for p in run.iterdir()} - {LOCK_NAME, "training_config.json"}
@@ -843,11 +847,13 @@ def test_7_an_output_dir_that_is_a_file_is_one_clear_error(tmp_path, dry_run):
 def test_8_a_resolution_too_large_for_memory_is_refused_before_any_allocation(tmp_path, monkeypatch, dry_run):
     """The finding: `unexpected MemoryError: Unable to allocate 49.0 TiB` during data loading; --dry_run accepted."""
     import diffusers_memctl.data as data
+    import diffusers_memctl.runner as runner
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the size was checked")
 
     monkeypatch.setattr(data, "load_training_data", no_data)
+    monkeypatch.setattr(runner, "load_training_data", no_data)  # the job's own reference to it
     with pytest.raises(ValueError, match=r"--resolution 100000 .* needs about .* TiB of memory, more than"):
         main(_argv(tmp_path / "run", "--resolution", "100000", *(["--dry_run"] if dry_run else [])))
     assert not (tmp_path / "run").exists()

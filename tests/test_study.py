@@ -66,11 +66,11 @@ def test_training_data_keeps_the_subset_and_the_rest_as_heldout():
 
 
 def test_training_reference_is_computed_once_per_data_and_threshold(monkeypatch):
-    from diffusers_memctl import evaluation, metrics
+    from diffusers_memctl import evaluation
 
     calls = []
-    real = metrics.reference_metrics
-    monkeypatch.setattr(metrics, "reference_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = evaluation.reference_metrics
+    monkeypatch.setattr(evaluation, "reference_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(evaluation, "_REFERENCE_CACHE", {})
     data = load_training_data(DataArguments(dataset_name="digits", resolution=8, train_subset_size=12))
     first = evaluation.training_reference(data, 1 / 3)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..args import DataArguments, DiagnosticsArguments, parse_arguments
+from ..run_folder import MODEL_INDEX_NAME
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_sample_batches": d.per_sample_batches,
         "device": device,
     }
-    if local.is_dir() and not (local / "model_index.json").is_file() and find_run_folders(local):
+    if local.is_dir() and not (local / MODEL_INDEX_NAME).is_file() and find_run_folders(local):
         if rest.output_dir is not None:
             raise ValueError(
                 f"--output_dir cannot be used with a folder of runs ({local}): each run gets its own profile"

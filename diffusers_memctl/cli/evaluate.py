@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from ..args import EvaluationArguments, parse_arguments
+from ..evaluation import evaluate_run
 from ..hub import write_model_card
+from ..run_folder import RunFolder
 
 
 def _positional(parser: argparse.ArgumentParser) -> None:
@@ -19,17 +20,10 @@ def _positional(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate a run and write ``metrics.json``, ``samples.npz``, ``plots/`` and a local run's card; returns the report."""
-    from ..evaluation import evaluate_run, evaluation_kwargs
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (e,), rest = parse_arguments([EvaluationArguments], argv, description=__doc__, extra=_positional)
-    report = evaluate_run(
-        rest.run_dir,
-        **evaluation_kwargs(e),
-        device=rest.device,
-        make_plots=not rest.no_plots,
-    )
-    if (Path(rest.run_dir) / "training_config.json").is_file():
+    report = evaluate_run(rest.run_dir, e, device=rest.device, make_plots=not rest.no_plots)
+    if RunFolder(rest.run_dir).has_training_config:
         # The card shows the metrics: a local run's card is rewritten with the new ones (and written when a failed
         # evaluation after training left none).
         write_model_card(rest.run_dir)

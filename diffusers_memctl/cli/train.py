@@ -22,6 +22,8 @@ from ..args import (
     TrainingOptions,
     parse_arguments,
 )
+from ..runner import run_training_job
+from ..validation import validate_options
 
 GROUPS = [DataArguments, ModelArguments, SamplingArguments, TrainingArguments, EvaluationArguments, HubArguments]
 
@@ -34,16 +36,14 @@ def parse_training_options(argv: list[str] | None = None) -> TrainingOptions:
 
 def main(argv: list[str] | None = None):
     """Train, evaluate and write the model card; returns ``(TrainResult, metrics)`` (or the options on --dry_run)."""
-    from ..runner import run_training_job
-    from ..validation import validate_options
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     options = parse_training_options(argv)
-    # Every flag is checked before anything is loaded or written, in a dry run too.
-    validate_options(options)
     if options.training.dry_run:
+        # Every flag is checked as a run checks it, without loading or writing anything.
+        validate_options(options)
         print(json.dumps(options.to_dict(), indent=2))
         return options
+    # The job validates every flag before anything is loaded or written.
     result, report = run_training_job(options)
     print(f"run folder: {result.output_dir} ({result.global_step} steps, {result.train_seconds:.0f} s)")
     if report is not None:

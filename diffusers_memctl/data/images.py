@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,7 +398,28 @@ def preprocess_images(
         raise ValueError(f"color_mode must be one of ['auto', 'RGB', 'L'], got {color_mode!r}.")
     if num_proc is not None and (isinstance(num_proc, bool) or num_proc < 1):
         raise ValueError(f"num_proc must be a positive integer or None, got {num_proc!r}.")
+    num_rows, chunk_values = _image_values(dataset, image_column)
+    if num_rows == 0:
+        raise ValueError("The dataset is empty: there are no images to preprocess.")
+    pixels, kept, all_grayscale, skipped = _decode_all(num_rows, chunk_values, resolution, center_crop, num_proc)
+    if not kept.any():
+        raise ValueError(
+            f"None of the {num_rows} images could be decoded; first failure: row {skipped[0][0]}: {skipped[0][1]}."
+        )
+    if skipped:
+        logger.warning(
+            f"Skipped {len(skipped)} of {num_rows} images that could not be decoded "
+            f"(first: row {skipped[0][0]}: {skipped[0][1]})."
+        )
+    resolved_mode = ("L" if all_grayscale else "RGB") if color_mode == "auto" else color_mode
+    samples = _scaled_samples(pixels[kept], all_grayscale, resolved_mode)
+    return PreprocessedImages(samples=samples, num_skipped=len(skipped), skipped=skipped, color_mode=resolved_mode)
 
+
+def _image_values(
+    dataset: datasets.Dataset | Sequence[Any], image_column: str | None
+) -> tuple[int, Callable[[int, int], list[Any]]]:
+    """The number of rows and a reader of the undecoded image values of rows `start:stop`."""
     if isinstance(dataset, datasets.Dataset):
         if image_column not in dataset.column_names:
             raise ValueError(
@@ -409,19 +430,29 @@ def preprocess_images(
         if isinstance(feature, datasets.Image) and feature.decode:
             # Read the raw bytes/paths and decode ourselves, so that one corrupt file can be skipped.
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        num_rows = len(dataset)
 
         def chunk_values(start: int, stop: int) -> list[Any]:
             return dataset[start:stop][image_column]
 
     else:
-        num_rows = len(dataset)
 
         def chunk_values(start: int, stop: int) -> list[Any]:
             return list(dataset[start:stop])
 
-    if num_rows == 0:
-        raise ValueError("The dataset is empty: there are no images to preprocess.")
+    return len(dataset), chunk_values
+
+
+def _decode_all(
+    num_rows: int,
+    chunk_values: Callable[[int, int], list[Any]],
+    resolution: int,
+    center_crop: bool,
+    num_proc: int | None,
+) -> tuple[np.ndarray, np.ndarray, bool, list[tuple[int, str]]]:
+    """Decode every row into one uint8 `(N, R, R, 3)` array, in chunks and on `num_proc` threads.
+
+    Returns the pixels, which rows decoded, whether every decoded image was grayscale, and the skipped rows with why.
+    """
 
     def safe_decode(item: tuple[int, Any]) -> tuple[int, np.ndarray | None, bool, str | None]:
         index, value = item
@@ -458,20 +489,12 @@ def preprocess_images(
     finally:
         if executor is not None:
             executor.shutdown()
+    return pixels, kept, all_grayscale, skipped
 
-    if not kept.any():
-        raise ValueError(
-            f"None of the {num_rows} images could be decoded; first failure: row {skipped[0][0]}: {skipped[0][1]}."
-        )
-    if skipped:
-        logger.warning(
-            f"Skipped {len(skipped)} of {num_rows} images that could not be decoded "
-            f"(first: row {skipped[0][0]}: {skipped[0][1]})."
-        )
 
-    resolved_mode = ("L" if all_grayscale else "RGB") if color_mode == "auto" else color_mode
-    pixels = pixels[kept]
-    if resolved_mode == "L":
+def _scaled_samples(pixels: np.ndarray, all_grayscale: bool, mode: str) -> torch.Tensor:
+    """uint8 `(N, R, R, 3)` pixels as float32 `(N, C, R, R)` samples in [-1, 1], one channel for mode "L"."""
+    if mode == "L":
         if all_grayscale:
             luma = pixels[..., 0]  # grayscale sources were replicated to RGB exactly: any channel is the image
         else:
@@ -480,8 +503,7 @@ def preprocess_images(
         tensor = torch.from_numpy(np.ascontiguousarray(luma)).unsqueeze(1)
     else:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
-    samples = tensor.to(torch.float32).div_(127.5).sub_(1.0)
-    return PreprocessedImages(samples=samples, num_skipped=len(skipped), skipped=skipped, color_mode=resolved_mode)
+    return tensor.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def random_flip(batch: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,13 +19,14 @@ import shutil
 from pathlib import Path
 
 from ..models import unet_1d_memctl
+from ..run_folder import MODEL_INDEX_NAME, UNET_DIR, write_text_atomic
 from . import pipeline_ddpm_1d
 
 __all__ = ["REMOTE_PIPELINE_FILE", "REMOTE_UNET_FILE", "write_remote_code"]
 
 #: Where a run folder holds the copies (relative to the folder).
 REMOTE_PIPELINE_FILE = "pipeline_ddpm_1d.py"
-REMOTE_UNET_FILE = "unet/unet_1d_memctl.py"
+REMOTE_UNET_FILE = f"{UNET_DIR}/unet_1d_memctl.py"
 
 
 def write_remote_code(folder: str | Path) -> None:
@@ -37,9 +38,7 @@ def write_remote_code(folder: str | Path) -> None:
     folder = Path(folder)
     shutil.copyfile(pipeline_ddpm_1d.__file__, folder / REMOTE_PIPELINE_FILE)
     shutil.copyfile(unet_1d_memctl.__file__, folder / REMOTE_UNET_FILE)
-    index_file = folder / "model_index.json"
+    index_file = folder / MODEL_INDEX_NAME
     index = json.loads(index_file.read_text())
-    index["unet"] = [Path(REMOTE_UNET_FILE).stem, "UNet1DMemCtlModel"]
-    tmp = index_file.with_name(f".{index_file.name}.tmp")
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    tmp.replace(index_file)
+    index[UNET_DIR] = [Path(REMOTE_UNET_FILE).stem, "UNet1DMemCtlModel"]
+    write_text_atomic(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -38,9 +38,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..data import samples_fingerprint
 from .arrays import _as_pair, _as_samples, _check_chunk, _check_int
 from .brute_force import _candidate_precision, _squared_norms, brute_force_neighbors
-from .data import samples_fingerprint
 
 __all__ = ["NeighborIndex", "clear_neighbor_cache", "nearest_neighbors"]
 
