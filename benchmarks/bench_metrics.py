@@ -25,6 +25,7 @@ before the call.
     python benchmarks/bench_metrics.py                 # all three scenarios, full size (about 10-20 min on 2 cores)
     python benchmarks/bench_metrics.py --scenarios b   # one scenario
     python benchmarks/bench_metrics.py --quick         # small sizes, a smoke run
+    python benchmarks/bench_metrics.py --threads 1     # every side on one thread (a machine busier than its cores)
 """
 
 from __future__ import annotations
@@ -245,14 +246,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best time is reported")
     parser.add_argument("--skip-sklearn", action="store_true", help="leave scikit-learn out (the slowest side)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of torch and faiss alike (default: each library's own)"
+    )
     args = parser.parse_args(argv)
-    print(f"torch threads {torch.get_num_threads()}, load average at start {os.getloadavg()}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(args.threads)
+    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
+    print(f"torch threads {torch.get_num_threads()}, faiss threads {faiss_threads}, load average {os.getloadavg()}")
     if faiss is None:
         print("faiss not installed (pip install faiss-cpu): its column is left out")
     out = []
     for name in args.scenarios:
         out.append(run_scenario(name, args))
         print_scenario(out[-1])
+        print(f"load average after scenario ({name}): {os.getloadavg()}")
     print(f"\nload average at end {os.getloadavg()}")
     return out
 

@@ -199,3 +199,57 @@ def test_explicit_index_rebuilds_after_in_place_change():
     distances, indices = index.search(gen, 2)
     assert indices[0, 0] == 3 and distances[0, 0] == 0
     _check_exact(gen, train_t.numpy(), distances, indices, 2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_block_seeds_and_ragged_survivors_with_ties_across_blocks(k):
+    # 900 training samples: seeds come from 64-column blocks; duplicates sit in other blocks than their originals.
+    gen, train = _low_rank(60, 900, 64, seed=20 + k)
+    train[700:760] = train[0:60]
+    gen[:6] = train[[0, 3, 5, 700, 703, 705]]  # queries equal to duplicated samples: exact ties, lower index first
+    index = NeighborIndex(train, n_components=8, fallback=False)
+    distances, indices = index.search(gen, k)
+    _check_exact(gen, train, distances, indices, k)
+    if k >= 2:
+        assert indices[:6, :2].tolist() == [[0, 700], [3, 703], [5, 705], [0, 700], [3, 703], [5, 705]]
+
+
+def test_seed_columns_are_minima_of_the_best_blocks():
+    bound = torch.from_numpy(np.random.default_rng(3).standard_normal((7, 1000)).astype(np.float32))
+    seeds = neighbors._seed_columns(bound, 4)
+    values = bound.numpy()
+    # An independent computation: 64-column blocks (the last one shorter), their minima, the 4 smallest per row.
+    blocks = [values[:, start : start + 64] for start in range(0, 1000, 64)]
+    minima = np.stack([b.min(axis=1) for b in blocks], axis=1)
+    for r in range(7):
+        best = np.argsort(minima[r], kind="stable")[:4]
+        expected = sorted(64 * b + int(np.argmin(blocks[b][r])) for b in best)
+        assert sorted(seeds[r].tolist()) == expected
+
+
+def test_queries_far_from_the_data_go_to_brute_force_and_stay_exact(monkeypatch):
+    gen, train = _low_rank(300, 1000, 256, seed=4, rank=8, noise=0.01)
+    gen[-2:] = 30.0 * np.random.default_rng(5).standard_normal((2, 256)).astype(np.float32)  # far, high rank
+    handed = []
+
+    def brute_force(queries, *args):
+        handed.append(len(queries))
+        return brute_force_neighbors(queries, *args)
+
+    monkeypatch.setattr(neighbors, "brute_force_neighbors", brute_force)
+    distances, indices = NeighborIndex(train, n_components=16).search(gen, 2)
+    _check_exact(gen, train, distances, indices, 2)
+    assert handed == [2]  # the two far queries, after the probe chunk found that pruning pays
+
+
+def test_reduced_float32_matmul_precision_searches_in_float64():
+    gen, train = _low_rank(50, 700, 96, seed=8)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32/bf16 allowed: the float32 error bounds would not hold
+    try:
+        index = NeighborIndex(train, n_components=8, fallback=False)
+        assert index._index.work == torch.float64
+        distances, indices = index.search(gen, 3)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    _check_exact(gen, train, distances, indices, 3)
