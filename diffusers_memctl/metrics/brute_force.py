@@ -1,7 +1,7 @@
 """Exact nearest neighbours by brute force: bounded-precision candidate search, then float64 re-ranking.
 
-The engine under [`~diffusers_memctl.neighbors.nearest_neighbors`] when no training-side index pays (and the fallback
-of [`~diffusers_memctl.neighbors.NeighborIndex`]): candidates are pre-selected with the matmul expansion
+The engine under [`~diffusers_memctl.metrics.neighbors.nearest_neighbors`] when no training-side index pays (and the fallback
+of [`~diffusers_memctl.metrics.neighbors.NeighborIndex`]): candidates are pre-selected with the matmul expansion
 `||a||^2 - 2 a.b + ||b||^2` in bf16 or float32, a candidate set is accepted only when a rigorous rounding-error bound
 proves it holds the k nearest, and the final distances come from explicit float64 differences. Ties go to the lower
 training index.
@@ -149,7 +149,7 @@ def brute_force_neighbors(
     """Exact k nearest neighbours of validated `(N, D)` queries in `(M, D)` training samples on one device.
 
     `candidates` (`"auto"`, `"bfloat16"` or `"float32"`) picks the precision of the candidate search; the result is
-    the same with each (see [`~diffusers_memctl.neighbors.nearest_neighbors`]).
+    the same with each (see [`~diffusers_memctl.metrics.neighbors.nearest_neighbors`]).
     """
     gen_sq, train_sq = _squared_norms(gen), _squared_norms(train)
     # Squared norms above 1e30 would overflow float32 accumulators (and bf16 has float32's range).
