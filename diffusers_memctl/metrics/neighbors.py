@@ -40,7 +40,7 @@ import torch
 
 from ..data import samples_fingerprint
 from .arrays import _as_pair, _as_samples, _check_chunk, _check_int
-from .brute_force import _candidate_precision, _squared_norms, brute_force_neighbors
+from .brute_force import _candidate_precision, brute_force_neighbors
 
 __all__ = ["NeighborIndex", "clear_neighbor_cache", "nearest_neighbors"]
 
@@ -61,12 +61,14 @@ _MIN_INDEXED_ELEMENTS = 1 << 22
 _PROJECTION_K_BLOCK = 1024
 # Element budgets of temporaries: row blocks of the index build (work dtype); the bound matrix of one chunk of queries
 # (work dtype: 128 MiB in float32, so few chunks and few large ops per search, which matters on a loaded machine where
-# every parallel region can wait for a descheduled thread); gathered rows of candidate pairs (work dtype, and float64
-# for the exact distances). Gather buffers are allocated once per pass and reused for every block.
+# every parallel region can wait for a descheduled thread); gathered rows of candidate pairs (work dtype); rows of one
+# projection block (8 MiB in float32) and of one block of exact differences (1 MiB in float64), both small enough to
+# stay in cache between the steps that read them. Buffers are allocated once per pass and reused for every block.
 _BOUND_CHUNK_ELEMENTS = 1 << 22
 _SEARCH_CHUNK_ELEMENTS = 1 << 25
 _GATHER_ELEMENTS = 1 << 23
-_EXACT_ELEMENTS = 1 << 21
+_PROJECT_ELEMENTS = 1 << 21
+_EXACT_ELEMENTS = 1 << 17
 # t of the bound's error split (A - B)^2 >= (1 - t) A^2 - (1/t - 1) B^2.
 _SPLIT_T = 1.0 / 32.0
 # A chunk hands its remaining queries to brute force when the mean exact work per query exceeds M / 64 distances
@@ -243,9 +245,8 @@ class _PrunedIndex:
         self.alpha = (1.0 - self.delta) * (1.0 - _SPLIT_T)
         self.beta = 2.0 * (1.0 - self.delta) * (1.0 / _SPLIT_T - 1.0)
         self.gamma2 = 2.0 * _gamma(n_components + 4, self.u) + 8.0 * self.u
-        coords, norms, errors = self._project(train)
+        coords, norms, errors, self.train_sq = self._project(train)
         self.coords = coords
-        self.train_sq = _squared_norms(train)
         # Squared distances more than this factor above a float64 distance's square rank behind it (class doc).
         self.rank_margin = 1.0 + 8.0 * (dim + 8) * 2.0**-53
         col = self.alpha * norms - self.beta * errors.square()
@@ -258,8 +259,11 @@ class _PrunedIndex:
             t.numel() * t.element_size() for t in (self.basis, self.mean, self.coords, self.columns, self.train_sq)
         )
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`s'_z = [c'_z, r'_z]` in the work dtype, `||s'_z||^2` and the error radius `E_z >= ||s'_z - s_z||` (float64).
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`s'_z = [c'_z, r'_z]` in the work dtype, `||s'_z||^2`, the error radius `E_z >= ||s'_z - s_z||` and `||z||^2`.
+
+        The last three are float64; `||z||^2` (of the uncentred rows, for the distance intervals) is computed in the
+        same pass, while each block of rows is in cache.
 
         `y = fl(z - mu)` has `|y - z'| <= u |z'|` elementwise; `c' = Q^T y` is summed over blocks of B features in the
         work dtype and accumulated in float64, so `||c' - Q^T y|| <= gamma_B || |Q|^T |y| || <= gamma_B ||Q||_F ||y||`
@@ -276,9 +280,13 @@ class _PrunedIndex:
         coords = torch.empty(n, p + 1, dtype=work, device=x.device)
         c64 = torch.empty(n, p, dtype=torch.float64, device=x.device)
         y_sq = torch.empty(n, dtype=torch.float64, device=x.device)
-        step = max(1, _GATHER_ELEMENTS // dim)
+        x_sq = torch.empty(n, dtype=torch.float64, device=x.device)
+        # Row blocks of a few MiB: each block is read from memory once and reused from cache by every step below.
+        step = max(1, _PROJECT_ELEMENTS // dim)
+        buffer = torch.empty(min(n, step), dim, dtype=work, device=x.device)
         for start in range(0, n, step):
-            y = x[start : start + step].to(work) - self.mean
+            rows = x[start : start + step]
+            y = torch.sub(rows.to(work), self.mean, out=buffer[: rows.shape[0]])
             # One batched product over all feature blocks (each a dot product of `block` terms), summed in float64.
             parts = torch.bmm(y[:, :full].view(y.shape[0], -1, block).transpose(0, 1), self.basis_blocks)
             acc = torch.sum(parts, dim=0, dtype=torch.float64)
@@ -286,6 +294,7 @@ class _PrunedIndex:
                 acc += (y[:, full:] @ self.basis[full:]).to(torch.float64)
             c64[start : start + step] = acc
             y_sq[start : start + step] = torch.linalg.vector_norm(y, dim=1, dtype=torch.float64).square_()
+            x_sq[start : start + step] = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square_()
         coords[:, :p] = c64
         c_w = coords[:, :p].to(torch.float64)
         c_sq = c_w.square().sum(dim=1)
@@ -308,7 +317,7 @@ class _PrunedIndex:
         coords[:, p] = r
         eps_r = (eps_r + 2.0 * u * r) * grow
         norms = coords.to(torch.float64).square().sum(dim=1)
-        return coords, norms, (eps_c + eps_r) * grow
+        return coords, norms, (eps_c + eps_r) * grow, x_sq
 
     def search(
         self,
@@ -372,13 +381,12 @@ class _PrunedIndex:
         """
         m, n = train.shape[0], queries.shape[0]
         everything = torch.arange(n, device=queries.device)
-        coords, norms, errors = self._project(queries)
+        coords, norms, errors, queries_sq = self._project(queries)
         if float(norms.max()) > 1e30 or self.largest_column > 1e30:  # float32 GEMM could overflow
             return False, everything
         bound = buffer[: n * m].view(n, m)
         torch.addmm(self.columns[None, :], coords, self.coords.T, beta=1.0, alpha=-2.0 * self.alpha, out=bound)
         row = self.alpha * norms - self.beta * errors.square() - self.gamma2 * self.alpha * norms
-        queries_sq = _squared_norms(queries)
         work_queries = queries.to(self.work)
         seeds = _seed_columns(bound, width).sort(dim=1).values
         seed_rows = everything.repeat_interleave(width)
@@ -507,23 +515,25 @@ def _exact_pair_distances(
 ) -> torch.Tensor:
     """`||q_{rows[i]} - t_{cols[i]}||` from explicit float64 differences, as the brute force computes them.
 
-    The same operations as `brute_force._exact_distances` (float64 copies, difference, `vector_norm` over the
-    contiguous last dimension), so the same bits, in blocks of pairs with buffers reused for every block.
+    The same arithmetic as `brute_force._exact_distances` (the training row widened to float64, the query subtracted
+    in float64: widening is exact, so `a - float64(b)` equals `float64(a) - float64(b)`; `vector_norm` over the
+    contiguous last dimension), so the same bits. Pairs run in blocks small enough to stay in cache (about 1 MiB of
+    float64 differences), with buffers reused for every block; queries are gathered in their own dtype, never
+    converted as a whole (a float64 copy of every query would be the largest memory traffic of the search).
     """
     count, dim = rows.numel(), queries.shape[1]
     out = torch.empty(count, dtype=torch.float64, device=queries.device)
     if count == 0:
         return out
-    step = max(1, _EXACT_ELEMENTS // dim)  # float64 blocks under 32 MiB: reused from the heap, not page-faulted
+    step = max(1, _EXACT_ELEMENTS // dim)
     size = min(count, step)
     diff = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
-    other = torch.empty(size, dim, dtype=torch.float64, device=queries.device)
     gathered = torch.empty(size, dim, dtype=train.dtype, device=train.device)
-    queries64 = queries.to(torch.float64)  # converted once, not once per pair
+    other = torch.empty(size, dim, dtype=queries.dtype, device=queries.device)
     for start in range(0, count, step):
         r = min(step, count - start)
         diff[:r].copy_(torch.index_select(train, 0, cols[start : start + r], out=gathered[:r]))
-        diff[:r].sub_(torch.index_select(queries64, 0, rows[start : start + r], out=other[:r]))
+        diff[:r].sub_(torch.index_select(queries, 0, rows[start : start + r], out=other[:r]))
         torch.linalg.vector_norm(diff[:r], dim=-1, out=out[start : start + r])
     return out
 
