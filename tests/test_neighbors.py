@@ -253,3 +253,19 @@ def test_reduced_float32_matmul_precision_searches_in_float64():
     finally:
         torch.set_float32_matmul_precision(previous)
     _check_exact(gen, train, distances, indices, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projection_and_exact_distances_in_many_small_blocks_keep_the_bits(monkeypatch, dtype):
+    # Blocks of one to three rows: every row block of the projection and every block of exact differences is
+    # exercised at its edges (the last block shorter), in float32 and float64.
+    gen, train = _low_rank(70, 600, 96, seed=31)
+    gen, train = gen.astype(dtype), train.astype(dtype)
+    monkeypatch.setattr(neighbors, "_PROJECT_ELEMENTS", 96 * 3)
+    monkeypatch.setattr(neighbors, "_EXACT_ELEMENTS", 96 * 2)
+    index = NeighborIndex(train, n_components=8, fallback=False)
+    distances, indices = index.search(gen, 3)
+    _check_exact(gen, train, distances, indices, 3)
+    coords, norms, errors, squared = index._index._project(torch.from_numpy(gen))
+    expected = (torch.from_numpy(gen).to(torch.float64) ** 2).sum(dim=1)
+    torch.testing.assert_close(squared, expected, rtol=1e-12, atol=0)
