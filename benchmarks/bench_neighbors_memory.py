@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_metrics import _status_kib, scenario_data  # noqa: E402
+from bench_metrics import measure_peak, scenario_data  # noqa: E402
 
 from diffusers_memctl.metrics.neighbors import NeighborIndex  # noqa: E402
 
@@ -32,13 +32,10 @@ def _trim() -> None:
 
 
 def _peak_mib(fn) -> tuple[object, float]:
-    """(result, MiB by which the resident-set high-water mark rose over the resident set before `fn`)."""
+    """(result, peak extra MiB of `fn`) measured by `bench_metrics.measure_peak` after returning freed heap to the OS."""
     _trim()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    before = _status_kib("VmRSS")
-    out = fn()
-    return out, (_status_kib("VmHWM") - before) / 1024
+    out, _, mib, _ = measure_peak(fn, torch.device("cpu"))
+    return out, mib
 
 
 def child(name: str, k: int, threads: int) -> dict[str, float]:
